@@ -1,0 +1,111 @@
+"""Every script documents itself, and steps 3 and 4 run end to end on a tiny random ModernBERT."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from transformers import pipeline
+
+from common import UserError, normalize_text
+from conftest import ROOT, load_script
+
+SCRIPTS = sorted(str(p.relative_to(ROOT)) for folder in ("data_process", "model_train", "inference", "lora") for p in (ROOT / folder).glob("*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_lists_options_with_defaults(script, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "uv run" in out  # the docstring's exact command is in --help
+
+
+def test_step3_writes_a_loadable_model_with_results(trained_tiny, small_data):
+    out, results = trained_tiny
+    saved = json.loads((out / "all_results.json").read_text())
+    assert saved["test"] == results["test"]
+    assert saved["split_sizes"] == {"train": 128, "validation": 16, "test": 16}
+    assert saved["config"]["model"] == results["model"] and saved["config"]["epochs"] == 2
+    assert saved["run"]["versions"]["transformers"] and saved["run"]["device"] and saved["wall_time_s"] > 0
+    assert 0 <= saved["test"]["weighted"]["f1"] <= 1
+    assert set(saved["test"]["by_group"]) <= {"logistics", "off_topic", "hard_negative", "attack"}
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "False", "1": "True"}
+    classifier = pipeline("text-classification", model=str(out))
+    assert classifier("where is my parcel?")[0]["label"] in {"True", "False"}
+
+    test_split = pd.read_csv(out / "test_split.csv", keep_default_na=False)
+    assert len(test_split) == 16 and set(test_split["label"].astype(str)) == {"True", "False"}
+    train_texts = set(pd.read_csv(small_data, keep_default_na=False)["text"].map(normalize_text)) - set(test_split["text"].map(normalize_text))
+    assert len(train_texts) == 144  # the other 144 distinct texts are train + validation
+    assert "## How to use" in (out / "README.md").read_text()
+    assert (out / "training_curves.png").stat().st_size > 0
+    assert not list(out.glob("checkpoint-*"))
+
+
+def test_step4_evaluates_benchmarks_and_explains_misses(trained_tiny, tmp_path):
+    out, _ = trained_tiny
+    inference = load_script("inference/4_inference.py")
+    argv = ["--model", str(out), "--images-dir", str(tmp_path), "--timed-runs", "30", "--warmup-runs", "3", "--throughput-batches", "2"]
+    results = inference.main(argv)
+
+    assert results["n"] == 16
+    misclassified = pd.read_csv(out / "misclassified.csv", keep_default_na=False)
+    assert results["metrics"]["accuracy"] == pytest.approx(1 - len(misclassified) / 16)
+    assert (misclassified["label"].astype(str) != misclassified["predicted"].astype(str)).all()
+    latency = results["latency"]["batch1_ms"]
+    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+    assert results["latency"]["throughput_qps"] > 0
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+    assert json.loads((out / "inference_results.json").read_text())["metrics"] == results["metrics"]
+
+
+def test_step4_classifies_one_query(trained_tiny):
+    out, _ = trained_tiny
+    result = load_script("inference/4_inference.py").main(["--model", str(out), "--text", "Can I ship perfume to Japan?"])
+    assert result["label"] in {"True", "False"} and 0.5 <= result["score"] <= 1
+
+
+def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path):
+    finetune = load_script("model_train/3_modern_bert_finetune.py")
+    out = tmp_path / "run"
+    argv = ["--model", str(tiny_modernbert), "--data", str(small_data), "--output-dir", str(out), "--batch-size", "32"]
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C after the epoch-1 checkpoint was written
+
+    finetune.evaluate_on_test = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(argv + ["--epochs", "1"])
+    assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # 128 rows / 32 = 4 steps
+
+    finetune = load_script("model_train/3_modern_bert_finetune.py")
+    with pytest.raises(UserError, match="add --resume"):
+        finetune.main(argv + ["--epochs", "2"])
+    results = finetune.main(argv + ["--epochs", "2", "--resume"])
+    assert results["epochs_trained"] == 2
+    history = json.loads((out / "all_results.json").read_text())
+    assert history["split_sizes"]["train"] == 128
+
+
+def test_step3_reports_a_wrong_column_in_one_sentence(tiny_modernbert, small_data, tmp_path):
+    renamed = tmp_path / "renamed.csv"
+    pd.read_csv(small_data, keep_default_na=False).rename(columns={"label": "is_logistics"}).to_csv(renamed, index=False)
+    with pytest.raises(UserError, match="column 'label' is missing"):
+        load_script("model_train/3_modern_bert_finetune.py").main(["--model", str(tiny_modernbert), "--data", str(renamed)])
+
+
+def test_default_command_offline_fails_fast_with_one_sentence(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    script = ROOT / "model_train" / "3_modern_bert_finetune.py"
+    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Hugging Face Hub")
+    assert "--model ./ModernBERT-base" in done.stderr

@@ -27,6 +27,7 @@ from common import (
     group_accuracy,
     load_trained_classifier,
     parse_config,
+    print_metrics,
     read_table,
     run_cli,
     validate_frame,
@@ -185,11 +186,7 @@ def main(argv=None) -> dict:
     write_json(report_dir / "inference_results.json", results)
 
     # ---- report ----
-    print(f"\n{len(frame)} rows from {data_path}: accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['weighted']['f1']:.4f}")
-    for label, m in metrics["per_class"].items():
-        print(f"  {label:>6}: precision {m['precision']:.4f}  recall {m['recall']:.4f}  f1 {m['f1']:.4f}  n={m['support']}")
-    for group, g in metrics.get("by_group", {}).items():
-        print(f"  {group:<14} accuracy {g['accuracy']:.4f}  n={g['n']}")
+    print_metrics(metrics, f"{len(frame)} rows from {data_path}")
     print(f"  {len(misclassified)} misclassified rows -> {report_dir / 'misclassified.csv'}; confusion matrix -> {image}")
     if config.benchmark:
         lat = results["latency"]

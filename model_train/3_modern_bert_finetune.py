@@ -13,52 +13,22 @@ best validation F1, and saves to modernbert-llm-router/ a model that
   README.md           the model card
 """
 
-import json
-import time
-
-from common import (
-    TASKS,
-    TrainConfig,
-    build_trainer,
-    config_dict,
-    evaluate_on_test,
-    load_splits,
-    load_tokenizer_and_model,
-    parse_config,
-    run_cli,
-    save_run,
-    to_datasets,
-    train,
-)
+from common import TrainConfig, build_trainer, parse_config, prepare_run, run_cli, train_evaluate_save
 
 
 def main(argv=None) -> dict:
     config = parse_config(TrainConfig, argv, description=__doc__)
-    started = time.perf_counter()
-    print("config:", json.dumps(config_dict(config), indent=2))
 
-    # ---- data: validate, split (stratified, grouped by normalised text), tokenize ----
-    splits = load_splits(config)
-    tokenizer, model = load_tokenizer_and_model(config)
-    datasets = to_datasets(splits, tokenizer, config.max_length)
-    n_params = sum(p.numel() for p in model.parameters())
+    # ---- data (validate, split grouped by normalised text, tokenize) and the pretrained encoder ----
+    run = prepare_run(config)
+    n_params = sum(p.numel() for p in run.model.parameters())
     print(f"model: {config.model} ({n_params / 1e6:.1f}M parameters, all trained)")
 
-    # ---- train: evaluate every epoch, keep the best by F1, stop early ----
-    trainer = build_trainer(config, model, tokenizer, datasets)
-    train(config, trainer)
+    # ---- train every weight: evaluate each epoch, keep the best by F1, stop early ----
+    trainer = build_trainer(config, run.model, run.tokenizer, run.datasets)
 
-    # ---- evaluate the best model on the held-out test split, then save everything ----
-    test_metrics = evaluate_on_test(config, trainer, datasets, splits)
-    results = save_run(config, trainer, splits, test_metrics, started, extra={"trainable_parameters": n_params})
-
-    labels = TASKS[config.task].labels
-    print(f"\ntest accuracy {test_metrics['accuracy']:.4f}  weighted F1 {test_metrics['weighted']['f1']:.4f}")
-    for label in labels:
-        m = test_metrics["per_class"][label]
-        print(f"  {label:>6}: precision {m['precision']:.4f}  recall {m['recall']:.4f}  f1 {m['f1']:.4f}  n={m['support']}")
-    print(f"saved to {config.output_dir}/ in {results['wall_time_s']:.0f} s")
-    return results
+    # ---- score the best model on the held-out test split; save model, card and all_results.json ----
+    return train_evaluate_save(run, trainer, extra={"trainable_parameters": n_params})
 
 
 if __name__ == "__main__": run_cli(main)

@@ -174,3 +174,37 @@ def test_resolve_model_fails_fast_when_the_hub_is_unreachable(monkeypatch):
     with pytest.raises(UserError, match="cannot reach the Hugging Face Hub"):
         common.resolve_model("some-org/some-uncached-model")
     assert time.perf_counter() - started < 5
+
+
+# ---- publishing ----
+
+
+def test_push_to_hub_needs_a_token(monkeypatch, tmp_path):
+    monkeypatch.delenv("hf_token", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)  # no .env here
+    with pytest.raises(UserError, match="set hf_token in .env"):
+        common.push_to_hub(common.TrainConfig(output_dir=str(tmp_path)))
+
+
+def test_push_to_hub_uploads_the_output_folder_with_the_blog_token(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, exist_ok):
+            calls["repo"] = repo_id
+            return type("Repo", (), {"repo_id": f"someone/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["upload"] = (repo_id, folder_path)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("hf_token", "hf_test_token")
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    common.push_to_hub(common.TrainConfig(output_dir=str(tmp_path / "my-router")))
+    assert calls == {"token": "hf_test_token", "repo": "my-router", "upload": ("someone/my-router", str(tmp_path / "my-router"))}

@@ -72,7 +72,9 @@ def test_step4_classifies_one_query(trained_tiny):
     assert result["label"] in {"True", "False"} and 0.5 <= result["score"] <= 1
 
 
-def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path):
+def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path, monkeypatch):
+    import common
+
     finetune = load_script("model_train/3_modern_bert_finetune.py")
     out = tmp_path / "run"
     argv = ["--model", str(tiny_modernbert), "--data", str(small_data), "--output-dir", str(out), "--batch-size", "32"]
@@ -80,18 +82,18 @@ def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path)
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt  # Ctrl-C after the epoch-1 checkpoint was written
 
-    finetune.evaluate_on_test = interrupt
-    with pytest.raises(KeyboardInterrupt):
-        finetune.main(argv + ["--epochs", "1"])
+    with monkeypatch.context() as patch:
+        patch.setattr(common, "evaluate_on_test", interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            finetune.main(argv + ["--epochs", "1"])
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # 128 rows / 32 = 4 steps
 
-    finetune = load_script("model_train/3_modern_bert_finetune.py")
     with pytest.raises(UserError, match="add --resume"):
         finetune.main(argv + ["--epochs", "2"])
     results = finetune.main(argv + ["--epochs", "2", "--resume"])
     assert results["epochs_trained"] == 2
-    history = json.loads((out / "all_results.json").read_text())
-    assert history["split_sizes"]["train"] == 128
+    log = json.loads((out / "all_results.json").read_text())
+    assert log["split_sizes"]["train"] == 128 and not list(out.glob("checkpoint-*"))
 
 
 def test_step3_reports_a_wrong_column_in_one_sentence(tiny_modernbert, small_data, tmp_path):

@@ -38,7 +38,9 @@ DEFAULT_TARGET_MODULES = {
 
 @dataclass
 class LoraTrainConfig(TrainConfig):
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate; LoRA wants a higher one than full fine-tuning."})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "Peak learning rate; LoRA wants a higher one than full fine-tuning (5e-5)."}
+    )
     lora_r: int = field(default=8, metadata={"help": "Rank of the adapter matrices."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the adapter input."})

@@ -470,19 +470,22 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def get_run_info() -> dict:
-    """Library versions and hardware, written next to every result."""
+TRAINING_PACKAGES = ("torch", "transformers", "datasets", "peft", "accelerate", "scikit-learn")
+
+
+def get_run_info(packages: tuple[str, ...] = TRAINING_PACKAGES, hardware: bool = True) -> dict:
+    """Library versions (and, with hardware=True, device and peak memory), written next to every result.
+
+    Steps 1 and 2 run nothing locally, so they pass hardware=False and never import torch.
+    """
     from importlib.metadata import version
 
-    packages = ("torch", "transformers", "datasets", "peft", "accelerate", "scikit-learn")
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": describe_device(),
-        "peak_memory_mb": peak_memory_mb(),
-        "versions": {name: version(name) for name in packages},
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    if hardware:
+        info.update(device=describe_device(), peak_memory_mb=peak_memory_mb())
+    info["versions"] = {name: version(name) for name in packages}
+    info["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return info
 
 
 # ---------------------------------------------------------------------------
@@ -844,7 +847,11 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def config_dict(config) -> dict:
-    return asdict(config)
+    """The resolved config as a dict, for logs and results files; an API key is masked."""
+    values = asdict(config)
+    if values.get("api_key"):
+        values["api_key"] = "***"
+    return values
 
 
 # ---------------------------------------------------------------------------
@@ -937,14 +944,6 @@ def get_setting(config: ProviderConfig, flag_value, name: str, default: str | No
 
     load_dotenv(config.env_file)  # does not override variables already set in the environment
     return flag_value or os.environ.get(name) or default
-
-
-def printable_config(config) -> str:
-    """The resolved config as JSON, with the API key masked."""
-    values = asdict(config)
-    if values.get("api_key"):
-        values["api_key"] = "***"
-    return json.dumps(values, indent=2)
 
 
 def get_llm_client(config: ProviderConfig):
@@ -1187,12 +1186,3 @@ def sum_usage(done_records) -> dict:
 def estimate_cost(usage: dict, price_input: float, price_output: float) -> float:
     """US dollars for the given tokens at prices per million tokens (an estimate: list prices change)."""
     return usage["prompt_tokens"] / 1e6 * price_input + usage["completion_tokens"] / 1e6 * price_output
-
-
-def get_api_run_info() -> dict:
-    """What produced an API step's results: versions and finish time (no torch import: nothing runs locally)."""
-    from importlib.metadata import version
-
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "versions": {name: version(name) for name in ("openai", "pandas")},
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -243,7 +243,7 @@ def dry_run(plan: list[dict], config: GenerationConfig) -> dict:
 def main(argv=None) -> dict:
     config = common.parse_config(GenerationConfig, argv, description=__doc__)
     started = time.perf_counter()
-    print("config:", common.printable_config(config))
+    print("config:", json.dumps(common.config_dict(config), indent=2))
 
     # -- Plan --------------------------------------------------------------
     plan = plan_requests(config)
@@ -283,7 +283,7 @@ def main(argv=None) -> dict:
         "estimated_cost_usd": round(common.estimate_cost(usage, config.price_input_per_million,
                                                          config.price_output_per_million), 4),
         "label_balance": {str(k): int(v) for k, v in frame["label"].value_counts().items()},
-        "config": json.loads(common.printable_config(config)), "run": common.get_api_run_info(),
+        "config": common.config_dict(config), "run": common.get_run_info(("openai", "pandas"), hardware=False),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     common.write_json(config.summary_json, results)

@@ -182,7 +182,7 @@ def dry_run(plan: list[dict], config: ReviewConfig) -> dict:
 def main(argv=None) -> dict:
     config = common.parse_config(ReviewConfig, argv, description=__doc__)
     started = time.perf_counter()
-    print("config:", common.printable_config(config))
+    print("config:", json.dumps(common.config_dict(config), indent=2))
     repo_root = Path(common.__file__).resolve().parent
     protected = {(repo_root / SHIPPED_DATASET).resolve(), Path(SHIPPED_DATASET).resolve(), Path(config.data).resolve()}
     if Path(config.output).resolve() in protected and not config.overwrite:
@@ -242,7 +242,7 @@ def main(argv=None) -> dict:
         "failures_this_run": failed, "retries_this_run": monitor.as_dict(), "usage_all_runs": usage,
         "estimated_cost_usd": round(common.estimate_cost(usage, config.price_input_per_million,
                                                          config.price_output_per_million), 4),
-        "config": json.loads(common.printable_config(config)), "run": common.get_api_run_info(),
+        "config": common.config_dict(config), "run": common.get_run_info(("openai", "pandas"), hardware=False),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     common.write_json(config.summary_json, results)

@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_DATA = ROOT / "data" / "dataset.xlsx"
+CHALLENGE_DATA = ROOT / "data" / "challenge.xlsx"
 
 
 def load_script(relative_path: str):

@@ -1,10 +1,13 @@
-"""The shipped dataset meets the rules in data/README.md: size, columns, balance, coverage, no templating."""
+"""The shipped data meets the rules in data/README.md: size, columns, balance, coverage, no templating,
+no surface cues; the challenge set is frozen and apart from the training rows."""
+
+import hashlib
 
 import pandas as pd
 import pytest
 
 from common import ATTACK_STYLES, CATEGORY_GROUPS, LOGISTICS_TOPICS, OFF_TOPIC_DOMAINS, category_label, normalize_text, read_table
-from conftest import SHIPPED_DATA
+from conftest import CHALLENGE_DATA, ROOT, SHIPPED_DATA, load_script
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,6 @@ def test_no_four_word_opening_is_shared_by_more_than_one_percent(dataset):
 
 def test_data_card_quotes_the_policy_and_the_true_counts(dataset):
     from common import LABEL_POLICY
-    from conftest import ROOT
 
     card = (ROOT / "data" / "README.md").read_text()
     assert LABEL_POLICY in card
@@ -65,3 +67,46 @@ def test_data_card_quotes_the_policy_and_the_true_counts(dataset):
     for category, n in dataset["category"].value_counts().items():
         group, _, key = category.partition("/")
         assert f" {key} {n}" in card.split(f"**{group}**")[1].split("\n")[0]
+
+
+def test_surface_cues_alone_do_not_predict_the_label(dataset):
+    # A gradient-boosting model that sees only lengths, punctuation, casing and digits (no words)
+    # must stay within 5 points of always predicting the majority label.
+    probe = load_script("data_process/cue_probe.py")
+    labels = dataset["label"].astype(int).to_numpy()
+    result = probe.probe(dataset["text"].tolist(), labels, folds=5, seed=0)
+    assert result["majority_baseline"] == pytest.approx(max(labels.mean(), 1 - labels.mean()))
+    assert result["gap"] <= 0.05, result
+
+
+def test_cue_probe_finds_a_planted_cue():
+    # The probe must be able to fail: a dataset where every allowed row ends in "?" is caught.
+    probe = load_script("data_process/cue_probe.py")
+    texts = [f"where is parcel {i}?" for i in range(100)] + [f"tell me a joke {i}" for i in range(100)]
+    result = probe.probe(texts, [1] * 100 + [0] * 100, folds=5, seed=0)
+    assert result["gap"] > 0.4
+
+
+@pytest.fixture(scope="module")
+def challenge() -> pd.DataFrame:
+    return read_table(CHALLENGE_DATA)
+
+
+def test_challenge_set_covers_every_group_and_follows_the_policy(challenge):
+    assert list(challenge.columns) == ["text", "label", "category"]
+    assert len(challenge) >= 400
+    assert (challenge["category"].map(category_label) == challenge["label"]).all()
+    groups = challenge["category"].str.partition("/")[0].value_counts()
+    assert set(groups.index) == set(CATEGORY_GROUPS) and groups.min() >= 40
+
+
+def test_challenge_set_is_never_trained_on(dataset, challenge):
+    assert not set(challenge["text"].map(normalize_text)) & set(dataset["text"].map(normalize_text))
+
+
+def test_challenge_set_is_frozen(challenge):
+    # The set is what makes data rounds comparable, so it must never change: the data card records
+    # the digest of its rows, and any edit fails here.
+    rows = "\n".join(f"{t}\t{l}\t{c}" for t, l, c in challenge[["text", "label", "category"]].itertuples(index=False))
+    digest = hashlib.sha256(rows.encode("utf-8")).hexdigest()
+    assert f"`{digest}`" in (ROOT / "data" / "README.md").read_text()

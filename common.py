@@ -786,11 +786,10 @@ def evaluate_on_test(config: TrainConfig, trainer, datasets, splits) -> dict:
     # With length-grouped batching the Trainer also visits evaluation rows in length order; its
     # batch sampler says which row each prediction belongs to, so predictions line up with the split again.
     order = np.array([i for batch in trainer.get_test_dataloader(datasets["test"]).batch_sampler for i in batch])
+    labels = test["label_id"].to_numpy()
+    assert (output.label_ids == labels[order]).all(), "test predictions are out of line with the test split"
     predicted = np.empty(len(test), dtype=int)
     predicted[order] = np.argmax(output.predictions, axis=-1)
-    labels = np.empty(len(test), dtype=int)
-    labels[order] = output.label_ids
-    assert (labels == test["label_id"].to_numpy()).all(), "test predictions are out of line with the test split"
     metrics = classification_metrics(labels, predicted, TASKS[config.task].labels)
     if "category" in test.columns:
         metrics["by_group"] = group_accuracy(test["category"], pd.Series(predicted == labels))

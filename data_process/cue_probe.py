@@ -72,15 +72,19 @@ def surface_features(text: str) -> list[float]:
     ]
 
 
-def probe(texts: list[str], labels: np.ndarray, folds: int, seed: int) -> dict:
+def feature_table(texts: list[str]) -> pd.DataFrame:
+    """One row of FEATURES per text."""
+    return pd.DataFrame([surface_features(t) for t in texts], columns=FEATURES, dtype=float)
+
+
+def probe(features: pd.DataFrame, labels: np.ndarray, folds: int, seed: int) -> dict:
     """Cross-validated accuracy of a surface-feature model against the majority baseline."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    features = np.array([surface_features(t) for t in texts], dtype=float)
     scores = cross_val_score(
         HistGradientBoostingClassifier(random_state=seed),
-        features,
+        features.to_numpy(),
         labels,
         cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
     )
@@ -93,13 +97,13 @@ def main(argv=None) -> dict:
     config = parse_config(ProbeConfig, argv, description=__doc__)
     frame = validate_frame(read_table(config.data), TASKS["guardrail"], "text", "label")
 
-    results = probe(frame["text"].tolist(), frame["label_id"].to_numpy(), config.folds, config.seed)
+    features = feature_table(frame["text"].tolist())
+    results = probe(features, frame["label_id"].to_numpy(), config.folds, config.seed)
     results["data"], results["n"] = config.data, len(frame)
     if "category" in frame.columns:
-        table = pd.DataFrame([surface_features(t) for t in frame["text"]], columns=FEATURES, dtype=float)
-        table["group"] = frame["category"].str.partition("/")[0].to_numpy()
-        results["feature_means_by_group"] = table.groupby("group").mean().round(3).to_dict(orient="index")
-        print(table.groupby("group").mean().T.round(2).to_string())
+        means = features.groupby(frame["category"].str.partition("/")[0].to_numpy()).mean()
+        results["feature_means_by_group"] = means.round(3).to_dict(orient="index")
+        print(means.T.round(2).to_string())
 
     print(
         f"\nsurface-cue probe on {len(frame)} rows ({config.folds}-fold CV): accuracy {results['accuracy']:.4f}, "

@@ -3,6 +3,7 @@ no surface cues; the challenge set is frozen and apart from the training rows.""
 
 import hashlib
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,7 +75,7 @@ def test_surface_cues_alone_do_not_predict_the_label(dataset):
     # must stay within 5 points of always predicting the majority label.
     probe = load_script("data_process/cue_probe.py")
     labels = dataset["label"].astype(int).to_numpy()
-    result = probe.probe(dataset["text"].tolist(), labels, folds=5, seed=0)
+    result = probe.probe(probe.feature_table(dataset["text"].tolist()), labels, folds=5, seed=0)
     assert result["majority_baseline"] == pytest.approx(max(labels.mean(), 1 - labels.mean()))
     assert result["gap"] <= 0.05, result
 
@@ -83,7 +84,7 @@ def test_cue_probe_finds_a_planted_cue():
     # The probe must be able to fail: a dataset where every allowed row ends in "?" is caught.
     probe = load_script("data_process/cue_probe.py")
     texts = [f"where is parcel {i}?" for i in range(100)] + [f"tell me a joke {i}" for i in range(100)]
-    result = probe.probe(texts, [1] * 100 + [0] * 100, folds=5, seed=0)
+    result = probe.probe(probe.feature_table(texts), np.array([1] * 100 + [0] * 100), folds=5, seed=0)
     assert result["gap"] > 0.4
 
 

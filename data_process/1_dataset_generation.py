@@ -4,8 +4,8 @@
     uv run data_process/1_dataset_generation.py --dry-run       # the plan's size and token estimate; no API calls
 
 The work is planned up front as numbered requests (seeded), each asking for `--batch-size`
-queries of one category of common.CATEGORY_GROUPS, every query with its own persona, register
-and length. Labels come from the category (common.category_label), never from the LLM, so attacks
+queries of one category of taxonomy.CATEGORY_GROUPS, every query with its own persona, register
+and length. Labels come from the category (taxonomy.category_label), never from the LLM, so attacks
 are False even when they are wrapped in a logistics question. Each finished request is appended
 to a JSONL journal at once; rerunning the same command after Ctrl-C or kill -9 skips the finished
 requests and retries the failed ones. Writes data/questions_sample_2k.xlsx (text, label, category,
@@ -20,17 +20,21 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import llm_client
 import pandas as pd
+from taxonomy import CATEGORY_GROUPS, category_label
 
 import common
-from common import CATEGORY_GROUPS, UserError, category_label, normalize_text
+from common import UserError, normalize_text
 
 DEFAULT_MODEL = "accounts/fireworks/models/deepseek-v3"
 
 
 @dataclass
-class GenerationConfig(common.ProviderConfig):
-    model: str | None = field(default=None, metadata={"help": f"Generator model. Default: `model` from the env file, else {DEFAULT_MODEL}."})
+class GenerationConfig(llm_client.ProviderConfig):
+    model: str | None = field(
+        default=None, metadata={"help": f"Generator model. Default: `model` from the env file, else {DEFAULT_MODEL}."}
+    )
     n: int = field(default=2000, metadata={"help": "Queries to request in total (the blog's questions_sample_2k)."})
     batch_size: int = field(default=10, metadata={"help": "Queries asked for in one request."})
     group_shares: str = field(
@@ -38,18 +42,36 @@ class GenerationConfig(common.ProviderConfig):
         metadata={"help": "Share of queries per category group; logistics is the True class."},
     )
     seed: int = field(default=42, metadata={"help": "Seed of the plan (categories, personas, registers, lengths)."})
-    json_mode: bool = field(default=True, metadata={"help": "Send response_format=json_object; use --no-json-mode where the provider lacks it."})
+    json_mode: bool = field(
+        default=True,
+        metadata={"help": "Send response_format=json_object; use --no-json-mode where the provider lacks it."},
+    )
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature; high for varied text."})
     max_tokens: int = field(default=3000, metadata={"help": "Completion-token cap per request."})
     min_chars: int = field(default=3, metadata={"help": "Shortest accepted query, in characters."})
     max_chars: int = field(default=1000, metadata={"help": "Longest accepted query, in characters."})
-    min_english_ratio: float = field(default=0.9, metadata={"help": "Least share of ASCII among a query's letters (a cheap English check)."})
-    output: str = field(default="data/questions_sample_2k.xlsx", metadata={"help": "Generated dataset (.xlsx or .csv)."})
-    journal: str = field(default="data/questions_sample_2k.jsonl", metadata={"help": "Resumable journal of finished requests."})
-    summary_json: str = field(default="data/generation_summary.json", metadata={"help": "Machine-readable results of the run."})
-    price_input_per_million: float = field(default=0.90, metadata={"help": "USD per million prompt tokens, for the cost estimate (Fireworks DeepSeek V3 list price)."})
-    price_output_per_million: float = field(default=0.90, metadata={"help": "USD per million completion tokens, for the cost estimate."})
-    dry_run: bool = field(default=False, metadata={"help": "Print the plan's size and estimated tokens and cost, then stop."})
+    min_english_ratio: float = field(
+        default=0.9, metadata={"help": "Least share of ASCII among a query's letters (a cheap English check)."}
+    )
+    output: str = field(
+        default="data/questions_sample_2k.xlsx", metadata={"help": "Generated dataset (.xlsx or .csv)."}
+    )
+    journal: str = field(
+        default="data/questions_sample_2k.jsonl", metadata={"help": "Resumable journal of finished requests."}
+    )
+    summary_json: str = field(
+        default="data/generation_summary.json", metadata={"help": "Machine-readable results of the run."}
+    )
+    price_input_per_million: float = field(
+        default=0.90,
+        metadata={"help": "USD per million prompt tokens, for the cost estimate (Fireworks DeepSeek V3 list price)."},
+    )
+    price_output_per_million: float = field(
+        default=0.90, metadata={"help": "USD per million completion tokens, for the cost estimate."}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print the plan's size and estimated tokens and cost, then stop."}
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -57,15 +79,31 @@ class GenerationConfig(common.ProviderConfig):
 # ---------------------------------------------------------------------------
 
 PERSONAS = [
-    "online shopper waiting for an order", "grandparent new to online shopping", "university student",
-    "small e-commerce seller", "procurement manager", "supply-chain analyst", "freight forwarder",
-    "warehouse supervisor", "software developer", "teenager", "non-native English speaker",
-    "office assistant sending documents", "owner of a small import business", "traveller abroad",
-    "customer-service agent at a retailer", "security researcher testing the bot",
+    "online shopper waiting for an order",
+    "grandparent new to online shopping",
+    "university student",
+    "small e-commerce seller",
+    "procurement manager",
+    "supply-chain analyst",
+    "freight forwarder",
+    "warehouse supervisor",
+    "software developer",
+    "teenager",
+    "non-native English speaker",
+    "office assistant sending documents",
+    "owner of a small import business",
+    "traveller abroad",
+    "customer-service agent at a retailer",
+    "security researcher testing the bot",
 ]
 REGISTERS = [
-    "terse fragment, no punctuation", "polite and complete", "rambling, several sentences", "angry and impatient",
-    "all lowercase with typos", "business-formal like an email", "casual chat with abbreviations",
+    "terse fragment, no punctuation",
+    "polite and complete",
+    "rambling, several sentences",
+    "angry and impatient",
+    "all lowercase with typos",
+    "business-formal like an email",
+    "casual chat with abbreviations",
     "confused and unsure of the terms",
 ]
 # Length bands (words) and how often each is asked for; most real chat messages are short.
@@ -89,7 +127,9 @@ def parse_shares(text: str) -> dict[str, float]:
     try:
         shares = {key.strip(): float(value) for key, value in (part.split("=") for part in text.split(","))}
     except ValueError:
-        raise UserError(f"--group-shares {text!r} is not like 'logistics=0.5,off_topic=0.2,...'; fix its format.")
+        raise UserError(
+            f"--group-shares {text!r} is not like 'logistics=0.5,off_topic=0.2,...'; fix its format."
+        ) from None
     if set(shares) - set(CATEGORY_GROUPS) or sum(shares.values()) <= 0:
         raise UserError(f"--group-shares must name groups from {list(CATEGORY_GROUPS)} with positive shares.")
     return {group: share / sum(shares.values()) for group, share in shares.items()}
@@ -102,7 +142,9 @@ def plan_requests(config: GenerationConfig) -> list[dict]:
     rng = random.Random(config.seed)
     shares = parse_shares(config.group_shares)
     quotas = {group: int(config.n * share) for group, share in shares.items()}
-    for group in sorted(shares, key=lambda g: config.n * shares[g] % 1, reverse=True)[: config.n - sum(quotas.values())]:
+    for group in sorted(shares, key=lambda g: config.n * shares[g] % 1, reverse=True)[
+        : config.n - sum(quotas.values())
+    ]:
         quotas[group] += 1  # largest remainders, so the quotas sum to n
     requests = []
     for group, quota in quotas.items():
@@ -110,8 +152,11 @@ def plan_requests(config: GenerationConfig) -> list[dict]:
         for batch_index, start in enumerate(range(0, quota, config.batch_size)):
             size = min(config.batch_size, quota - start)
             specs = [
-                {"persona": rng.choice(PERSONAS), "register": rng.choice(REGISTERS),
-                 "length": rng.choices(list(LENGTHS), weights=list(LENGTHS.values()))[0]}
+                {
+                    "persona": rng.choice(PERSONAS),
+                    "register": rng.choice(REGISTERS),
+                    "length": rng.choices(list(LENGTHS), weights=list(LENGTHS.values()))[0],
+                }
                 for _ in range(size)
             ]
             requests.append({"category": f"{group}/{keys[batch_index % len(keys)]}", "specs": specs})
@@ -124,11 +169,11 @@ def build_messages(request: dict) -> list[dict]:
     specs = "\n".join(f"{i}. {s['persona']}; {s['register']}; {s['length']}" for i, s in enumerate(request["specs"], 1))
     k = len(request["specs"])
     user = (
-        f"Write exactly {k} different chat messages for the category \"{request['category']}\": "
+        f'Write exactly {k} different chat messages for the category "{request["category"]}": '
         f"{CATEGORY_GROUPS[group][key]}.\n{GROUP_INSTRUCTIONS[group]}\n"
         f"Message i follows spec i (who writes it; tone; length):\n{specs}\n"
         "Vary openings and concrete details (tracking or order numbers, cities, weights, dates, prices); no numbering, "
-        f"no two messages alike.\nReturn a JSON object {{\"queries\": [\"...\", ...]}} with exactly {k} strings."
+        f'no two messages alike.\nReturn a JSON object {{"queries": ["...", ...]}} with exactly {k} strings.'
     )
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
@@ -160,10 +205,11 @@ def generate(client, model: str, request: dict, config: GenerationConfig) -> dic
     """Rows and rejects for one request; asks again (up to --parse-retries) when the reply holds no JSON list."""
     wanted, usage, items = len(request["specs"]), Counter(), None
     for _ in range(1 + config.parse_retries):
-        reply = common.complete_chat(client, model, build_messages(request), config.max_tokens, config.temperature,
-                                     config.json_mode)
+        reply = llm_client.complete_chat(
+            client, model, build_messages(request), config.max_tokens, config.temperature, config.json_mode
+        )
         usage.update(reply["usage"])
-        data = common.extract_json(reply["answer"]) if reply["finish_reason"] != "length" else None
+        data = llm_client.extract_json(reply["answer"]) if reply["finish_reason"] != "length" else None
         items = data.get("queries") if isinstance(data, dict) else data
         if isinstance(items, list):
             break
@@ -177,8 +223,15 @@ def generate(client, model: str, request: dict, config: GenerationConfig) -> dic
             rejected[reason] += 1
             continue
         text = (item["text"] if isinstance(item, dict) else item).strip()
-        rows.append({"item": index, "text": text, "category": request["category"],
-                     "label": category_label(request["category"]), "source": f"generated:{model}"})
+        rows.append(
+            {
+                "item": index,
+                "text": text,
+                "category": request["category"],
+                "label": category_label(request["category"]),
+                "source": f"generated:{model}",
+            }
+        )
     if len(items) < wanted:
         rejected["missing"] = wanted - len(items)
     return {"rows": rows, "rejected": dict(rejected), "surplus": max(0, len(items) - wanted), "usage": dict(usage)}
@@ -199,8 +252,16 @@ def build_dataset(finished: dict[int, dict]) -> tuple[pd.DataFrame, dict]:
                 continue
             seen_exact.add(row["text"])
             seen_near.add(near)
-            records.append({"text": row["text"], "label": row["label"], "category": row["category"],
-                            "source": row["source"], "request_id": request_id, "item": row["item"]})
+            records.append(
+                {
+                    "text": row["text"],
+                    "label": row["label"],
+                    "category": row["category"],
+                    "source": row["source"],
+                    "request_id": request_id,
+                    "item": row["item"],
+                }
+            )
     columns = ["text", "label", "category", "source", "request_id", "item"]
     return pd.DataFrame(records, columns=columns), {"exact": duplicates["exact"], "near": duplicates["near"]}
 
@@ -212,7 +273,9 @@ def account(plan: list[dict], finished: dict[int, dict], duplicates: dict) -> di
         rejected.update(entry["done"]["rejected"])
     failed = [r for r in plan if r["request_id"] not in finished]
     counts = {
-        "requests": len(plan), "requests_finished": len(finished), "requests_failed_after_retries": len(failed),
+        "requests": len(plan),
+        "requests_finished": len(finished),
+        "requests_failed_after_retries": len(failed),
         "rows_requested": sum(len(r["specs"]) for r in plan),
         "rows_accepted": sum(len(e["rows"]) for e in finished.values()),
         "rows_rejected": dict(sorted(rejected.items())),
@@ -221,7 +284,9 @@ def account(plan: list[dict], finished: dict[int, dict], duplicates: dict) -> di
         "surplus_items_ignored": sum(e["done"].get("surplus", 0) for e in finished.values()),
     }
     counts["rows_written"] = counts["rows_accepted"] - sum(duplicates.values())
-    assert counts["rows_requested"] == counts["rows_accepted"] + sum(rejected.values()) + counts["rows_in_failed_requests"]
+    assert (
+        counts["rows_requested"] == counts["rows_accepted"] + sum(rejected.values()) + counts["rows_in_failed_requests"]
+    )
     return counts
 
 
@@ -232,10 +297,15 @@ def dry_run(plan: list[dict], config: GenerationConfig) -> dict:
     # +6 tokens per query for JSON quoting and commas, +10 per reply for the wrapper
     completion = sum(midpoint_words[s["length"]] * 1.3 + 6 for r in plan for s in r["specs"]) + 10 * len(plan)
     usage = {"prompt_tokens": round(prompt_chars / 4), "completion_tokens": round(completion)}
-    estimate = {"requests": len(plan), "rows_requested": sum(len(r["specs"]) for r in plan),
-                "prompt_chars": prompt_chars, "estimated_usage": usage,
-                "estimated_cost_usd": round(common.estimate_cost(usage, config.price_input_per_million,
-                                                                 config.price_output_per_million), 2)}
+    estimate = {
+        "requests": len(plan),
+        "rows_requested": sum(len(r["specs"]) for r in plan),
+        "prompt_chars": prompt_chars,
+        "estimated_usage": usage,
+        "estimated_cost_usd": round(
+            llm_client.estimate_cost(usage, config.price_input_per_million, config.price_output_per_million), 2
+        ),
+    }
     print(f"dry run (estimate: tokens ~ chars/4 for prompts, ~1.3 per word for replies): {estimate}")
     return estimate
 
@@ -243,31 +313,34 @@ def dry_run(plan: list[dict], config: GenerationConfig) -> dict:
 def main(argv=None) -> dict:
     config = common.parse_config(GenerationConfig, argv, description=__doc__)
     started = time.perf_counter()
-    print("config:", json.dumps(common.config_dict(config), indent=2))
+    print("config:", json.dumps(llm_client.config_dict(config), indent=2))
 
     # -- Plan --------------------------------------------------------------
     plan = plan_requests(config)
-    print(f"plan: {len(plan)} requests, {sum(len(r['specs']) for r in plan)} queries, "
-          f"by group {dict(Counter(r['category'].split('/')[0] for r in plan))} (requests)")
+    print(
+        f"plan: {len(plan)} requests, {sum(len(r['specs']) for r in plan)} queries, "
+        f"by group {dict(Counter(r['category'].split('/')[0] for r in plan))} (requests)"
+    )
     if config.dry_run:
         return dry_run(plan, config)
 
     # -- Resume: skip requests the journal already holds -------------------
-    journal = common.Journal(config.journal, plan)
+    journal = llm_client.Journal(config.journal, plan)
     finished = journal.load()
     pending = [r for r in plan if r["request_id"] not in finished]
     print(f"journal {config.journal}: {len(finished)} requests done, {len(pending)} to go")
 
     # -- Generate ------------------------------------------------------------
-    client, monitor = common.get_llm_client(config)
-    model = common.get_setting(config, config.model, "model", DEFAULT_MODEL)
+    client, monitor = llm_client.get_llm_client(config)
+    model = llm_client.get_setting(config, config.model, "model", DEFAULT_MODEL)
 
     def save(request, result):
         journal.append(request["request_id"], result["rows"], **{k: v for k, v in result.items() if k != "rows"})
 
     try:
-        failed = common.run_requests(pending, lambda r: generate(client, model, r, config), save,
-                                     config.concurrency, monitor, desc="generating")
+        failed = llm_client.run_requests(
+            pending, lambda r: generate(client, model, r, config), save, config.concurrency, monitor, desc="generating"
+        )
     finally:
         journal.close()
         client.close()
@@ -276,21 +349,29 @@ def main(argv=None) -> dict:
     finished = journal.load()
     frame, duplicates = build_dataset(finished)
     common.write_table(frame, config.output)
-    usage = common.sum_usage(e["done"] for e in finished.values())
+    usage = llm_client.sum_usage(e["done"] for e in finished.values())
     results = {
-        "model": model, "output": config.output, "accounting": account(plan, finished, duplicates),
-        "failures_this_run": failed, "retries_this_run": monitor.as_dict(), "usage_all_runs": usage,
-        "estimated_cost_usd": round(common.estimate_cost(usage, config.price_input_per_million,
-                                                         config.price_output_per_million), 4),
+        "model": model,
+        "output": config.output,
+        "accounting": account(plan, finished, duplicates),
+        "failures_this_run": failed,
+        "retries_this_run": monitor.as_dict(),
+        "usage_all_runs": usage,
+        "estimated_cost_usd": round(
+            llm_client.estimate_cost(usage, config.price_input_per_million, config.price_output_per_million), 4
+        ),
         "label_balance": {str(k): int(v) for k, v in frame["label"].value_counts().items()},
-        "config": common.config_dict(config), "run": common.get_run_info(("openai", "pandas"), hardware=False),
+        "config": llm_client.config_dict(config),
+        "run": common.get_run_info(("openai", "pandas"), hardware=False),
         "wall_time_s": round(time.perf_counter() - started, 1),
     }
     common.write_json(config.summary_json, results)
     for key in ("accounting", "failures_this_run", "retries_this_run", "usage_all_runs", "label_balance"):
         print(f"{key}: {results[key]}")
-    print(f"estimated cost (list prices {config.price_input_per_million}/{config.price_output_per_million} USD per "
-          f"million tokens; an estimate): ${results['estimated_cost_usd']}")
+    print(
+        f"estimated cost (list prices {config.price_input_per_million}/{config.price_output_per_million} USD per "
+        f"million tokens; an estimate): ${results['estimated_cost_usd']}"
+    )
     if len(frame):
         print(frame.sample(min(3, len(frame)), random_state=0)[["text", "label", "category"]].to_string())
     if failed:
@@ -299,4 +380,5 @@ def main(argv=None) -> dict:
     return results
 
 
-if __name__ == "__main__": common.run_cli(main)
+if __name__ == "__main__":
+    common.run_cli(main)

@@ -90,7 +90,12 @@ def probe(features: pd.DataFrame, labels: np.ndarray, folds: int, seed: int) -> 
     )
     majority = float(np.bincount(labels).max() / len(labels))
     accuracy = float(scores.mean())
-    return {"accuracy": accuracy, "majority_baseline": majority, "gap": accuracy - majority, "fold_accuracies": scores.tolist()}
+    return {
+        "accuracy": accuracy,
+        "majority_baseline": majority,
+        "gap": accuracy - majority,
+        "fold_accuracies": scores.tolist(),
+    }
 
 
 def main(argv=None) -> dict:
@@ -114,4 +119,5 @@ def main(argv=None) -> dict:
     return results
 
 
-if __name__ == "__main__": run_cli(main)
+if __name__ == "__main__":
+    run_cli(main)

@@ -3,28 +3,50 @@
     uv run lora/3_lora_finetune.py
     uv run lora/3_lora_finetune.py --model ./ModernBERT-base --merge   # offline, also save a merged model
 
-Same data, split, training loop, metrics and outputs as model_train/3_modern_bert_finetune.py
-(shared through common.py); only the model is wrapped with LoRA adapters. Saves to
+The same story as model_train/3_modern_bert_finetune.py (same data, split, Trainer, metrics and
+outputs, through model_train/training.py); only the model is wrapped with LoRA adapters. Saves to
 modernbert-llm-router-lora/ the adapter (a few MB) with the tokenizer, test_split.csv,
 all_results.json and a model card; with --merge, also merged/, a plain model that
 `pipeline("text-classification", model=".../merged")` loads without peft.
 inference/4_inference.py accepts the adapter directory or the merged one.
 """
 
+import json
+import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
+
+from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
 
 from common import (
-    TASKS,
-    TrainConfig,
+    KINDS,
     UserError,
-    build_trainer,
+    get_hf_token,
+    get_task,
     load_trained_classifier,
-    parse_config,
-    prepare_run,
+    print_metrics,
+    read_table,
+    resolve_model,
     run_cli,
-    train_evaluate_save,
+    split_frame,
+    validate_frame,
     write_json,
+)
+from model_train.training import (
+    FinetuneArguments,
+    config_record,
+    evaluate_on_test,
+    find_checkpoint,
+    get_compute_metrics,
+    get_loss_function,
+    parse_args,
+    print_splits,
+    push_folder,
+    reveal_tag_characters,
+    save_model_and_test_split,
+    summarize_run,
+    tokenize_splits,
+    write_model_card,
 )
 
 # Which linear layers get adapters, by model family (config.model_type).
@@ -37,7 +59,9 @@ DEFAULT_TARGET_MODULES = {
 
 
 @dataclass
-class LoraTrainConfig(TrainConfig):
+class LoraArguments(FinetuneArguments):
+    output_dir_suffix: ClassVar[str] = "-lora"
+
     learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate; LoRA wants a higher one than full fine-tuning (5e-5)."}
     )
@@ -48,57 +72,96 @@ class LoraTrainConfig(TrainConfig):
         default=None,
         metadata={"help": f"Comma-separated module names to adapt (default by model type: {DEFAULT_TARGET_MODULES})."},
     )
-    merge: bool = field(default=False, metadata={"help": "Also save OUTPUT_DIR/merged: adapter folded into the base weights."})
-
-    def __post_init__(self):
-        if self.output_dir is None and self.task in TASKS:
-            self.output_dir = TASKS[self.task].default_output_dir + "-lora"
-        super().__post_init__()
+    merge: bool = field(
+        default=False, metadata={"help": "Also save OUTPUT_DIR/merged: adapter folded into the base weights."}
+    )
 
 
-def add_lora_adapters(model, config: LoraTrainConfig):
+def add_lora_adapters(model, task, args: LoraArguments):
     """Freeze the base model and insert trainable adapters; the new classifier head stays trainable."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
-    if config.target_modules:
-        targets = [name.strip() for name in config.target_modules.split(",") if name.strip()]
+    if args.target_modules:
+        targets = [name.strip() for name in args.target_modules.split(",") if name.strip()]
     elif model.config.model_type in DEFAULT_TARGET_MODULES:
         targets = DEFAULT_TARGET_MODULES[model.config.model_type]
     else:
         raise UserError(f"no default LoRA targets for model type {model.config.model_type!r}; pass --target-modules.")
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, target_modules=targets
+        task_type=KINDS[task.kind].peft_task_type,
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=targets,
     )
     return get_peft_model(model, lora), targets
 
 
 def main(argv=None) -> dict:
-    config = parse_config(LoraTrainConfig, argv, description=__doc__)
+    started = time.perf_counter()
 
-    # ---- data and base model, exactly as in the full fine-tune ----
-    run = prepare_run(config)
+    # ---- config, data, split, tokenizer and base model: as in the full fine-tune ----
+    data_args, training_args = parse_args(LoraArguments, argv, __doc__)
+    task = get_task(data_args.task)
+    print("config:", json.dumps(config_record(data_args, training_args), indent=2, default=str))
+    frame = validate_frame(read_table(data_args.data), task, data_args.text_column, data_args.label_column)
+    print(f"data: {len(frame)} rows from {data_args.data}")
+    splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed)
+    print_splits(splits, task, training_args.seed)
+    set_seed(training_args.seed)  # before the model is built: the head and the adapters start from it
+    source = resolve_model(data_args.model, get_hf_token(data_args.env_file))
+    tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
+    base = task.model_class.from_pretrained(
+        **source, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
+    )
 
     # ---- LoRA: freeze the base, train adapters + classifier head ----
-    model, targets = add_lora_adapters(run.model, config)
+    model, targets = add_lora_adapters(base, task, training_args)
     trainable, total = model.get_nb_trainable_parameters()
     print(f"LoRA on {targets}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
-    trainer = build_trainer(config, model, run.tokenizer, run.datasets)
 
-    # ---- train, score on the test split, save the adapter and all_results.json ----
-    parameters = {"trainable_parameters": trainable, "total_parameters": total, "trainable_percent": 100 * trainable / total}
-    results = train_evaluate_save(run, trainer, extra={"lora_target_modules": targets, **parameters})
+    # ---- tokenize, then the same Trainer as the full fine-tune ----
+    datasets = tokenize_splits(splits, tokenizer, data_args.max_length)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=get_compute_metrics(task),
+        compute_loss_func=get_loss_function(task),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)],
+    )
 
-    # ---- adapter size, and optionally the adapter folded into the base weights ----
-    out = Path(config.output_dir)
-    results["adapter_size_mb"] = (out / "adapter_model.safetensors").stat().st_size / 1e6
-    if config.merge:
-        _, adapted = load_trained_classifier(str(out), config.task)
+    # ---- train, evaluate on the test split, save the adapter ----
+    trainer.train(resume_from_checkpoint=find_checkpoint(training_args))
+    test_metrics = evaluate_on_test(trainer, datasets["test"], splits["test"], task)
+    out = save_model_and_test_split(trainer, splits["test"], task)
+
+    # ---- optionally fold the adapter into the base weights: a plain model that needs no peft ----
+    extra = {"lora_target_modules": targets, "trainable_parameters": trainable, "total_parameters": total}
+    extra |= {"trainable_percent": 100 * trainable / total}
+    extra["adapter_size_mb"] = (out / "adapter_model.safetensors").stat().st_size / 1e6
+    if training_args.merge:
+        _, adapted = load_trained_classifier(str(out), task, env_file=data_args.env_file)
         adapted.merge_and_unload().save_pretrained(out / "merged")
-        run.tokenizer.save_pretrained(out / "merged")
-        results["merged_dir"] = str(out / "merged")
+        tokenizer.save_pretrained(out / "merged")
+        extra["merged_dir"] = str(out / "merged")
+
+    # ---- results and model card, written once everything LoRA adds is on disk ----
+    results = summarize_run(trainer, data_args, training_args, test_metrics, splits, started, **extra)
     write_json(out / "all_results.json", results)
-    print(f"adapter {results['adapter_size_mb']:.2f} MB" + (f"; merged model in {out}/merged/" if config.merge else ""))
+    write_model_card(trainer, task, data_args, results, adapter=True)
+    print_metrics(test_metrics, f"{len(splits['test'])} held-out test rows")
+    merged_note = f"; merged model in {out}/merged/" if training_args.merge else ""
+    print(f"adapter {extra['adapter_size_mb']:.2f} MB{merged_note}; saved to {out}/ in {results['wall_time_s']:.0f} s")
+
+    # ---- publish last: adapter, merged model, final results and card ----
+    if data_args.push_to_hub:
+        push_folder(out, training_args.hub_model_id, data_args.env_file)
     return results
 
 
-if __name__ == "__main__": run_cli(main)
+if __name__ == "__main__":
+    run_cli(main)

@@ -11,24 +11,105 @@ best validation F1, and saves to modernbert-llm-router/ a model that
   all_results.json    test metrics, resolved config, library versions, device, wall time
   training_curves.png loss and validation F1 per epoch
   README.md           the model card
+Every flag of transformers' TrainingArguments works too; --help lists them all.
 """
 
-from common import TrainConfig, build_trainer, parse_config, prepare_run, run_cli, train_evaluate_save
+import json
+import time
+
+from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
+
+from common import (
+    get_hf_token,
+    get_task,
+    print_metrics,
+    read_table,
+    resolve_model,
+    run_cli,
+    split_frame,
+    validate_frame,
+    write_json,
+)
+from model_train.training import (
+    config_record,
+    evaluate_on_test,
+    find_checkpoint,
+    get_compute_metrics,
+    get_loss_function,
+    parse_args,
+    print_splits,
+    push_folder,
+    reveal_tag_characters,
+    save_model_and_test_split,
+    summarize_run,
+    tokenize_splits,
+    write_model_card,
+)
 
 
 def main(argv=None) -> dict:
-    config = parse_config(TrainConfig, argv, description=__doc__)
+    started = time.perf_counter()
 
-    # ---- data (validate, split grouped by normalised text, tokenize) and the pretrained encoder ----
-    run = prepare_run(config)
-    n_params = sum(p.numel() for p in run.model.parameters())
-    print(f"model: {config.model} ({n_params / 1e6:.1f}M parameters, all trained)")
+    # ---- config: what to train on, and how (TrainingArguments with the blog's defaults) ----
+    data_args, training_args = parse_args(argv=argv, description=__doc__)
+    task = get_task(data_args.task)
+    print("config:", json.dumps(config_record(data_args, training_args), indent=2, default=str))
 
-    # ---- train every weight: evaluate each epoch, keep the best by F1, stop early ----
-    trainer = build_trainer(config, run.model, run.tokenizer, run.datasets)
+    # ---- data: read the labelled file and check its columns, texts and labels ----
+    frame = validate_frame(read_table(data_args.data), task, data_args.text_column, data_args.label_column)
+    print(f"data: {len(frame)} rows from {data_args.data}")
 
-    # ---- score the best model on the held-out test split; save model, card and all_results.json ----
-    return train_evaluate_save(run, trainer, extra={"trainable_parameters": n_params})
+    # ---- split: train / validation / test, stratified; near-identical texts share one split ----
+    splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed)
+    print_splits(splits, task, training_args.seed)
+
+    # ---- tokenizer and pretrained encoder, with a new classification head for the task's labels ----
+    set_seed(training_args.seed)  # before the model is built: the new head's initial weights come from it
+    source = resolve_model(data_args.model, get_hf_token(data_args.env_file))
+    tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
+    model = task.model_class.from_pretrained(
+        **source, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {data_args.model} ({n_params / 1e6:.1f}M parameters, all trained)")
+
+    # ---- tokenize: truncate to --max-length; padding happens per batch ----
+    datasets = tokenize_splits(splits, tokenizer, data_args.max_length)
+
+    # ---- Trainer: evaluate every epoch, keep the best epoch by the task's metric, stop early ----
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets["validation"],
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=get_compute_metrics(task),
+        compute_loss_func=get_loss_function(task),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)],
+    )
+
+    # ---- train (or continue an interrupted run with --resume) ----
+    trainer.train(resume_from_checkpoint=find_checkpoint(training_args))
+
+    # ---- evaluate the best model on the held-out test split ----
+    test_metrics = evaluate_on_test(trainer, datasets["test"], splits["test"], task)
+
+    # ---- save: model, tokenizer, test_split.csv, training curves, all_results.json, model card ----
+    out = save_model_and_test_split(trainer, splits["test"], task)
+    results = summarize_run(
+        trainer, data_args, training_args, test_metrics, splits, started, trainable_parameters=n_params
+    )
+    write_json(out / "all_results.json", results)
+    write_model_card(trainer, task, data_args, results)
+    print_metrics(test_metrics, f"{len(splits['test'])} held-out test rows")
+    print(f"saved to {out}/ in {results['wall_time_s']:.0f} s")
+
+    # ---- publish last, once everything above is on disk ----
+    if data_args.push_to_hub:
+        push_folder(out, training_args.hub_model_id, data_args.env_file)
+    return results
 
 
-if __name__ == "__main__": run_cli(main)
+if __name__ == "__main__":
+    run_cli(main)

@@ -21,15 +21,21 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 # ModernBERT-base's published architecture; tiny keeps the same shape rules at toy size.
 SIZES = {
-    "base": dict(hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152, vocab_size=50368),
+    "base": dict(
+        hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152, vocab_size=50368
+    ),
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=None),
 }
 
 
 @dataclass
 class RandomModelConfig:
-    output_dir: str = field(default="runs/modernbert-base-random", metadata={"help": "Where to save model + tokenizer."})
-    size: str = field(default="base", metadata={"help": "Architecture: base (ModernBERT-base) or tiny.", "choices": list(SIZES)})
+    output_dir: str = field(
+        default="runs/modernbert-base-random", metadata={"help": "Where to save model + tokenizer."}
+    )
+    size: str = field(
+        default="base", metadata={"help": "Architecture: base (ModernBERT-base) or tiny.", "choices": list(SIZES)}
+    )
     data: str = field(default="data/dataset.xlsx", metadata={"help": "Texts to train the BPE tokenizer on."})
     text_column: str = field(default="text", metadata={"help": "Column holding the texts."})
     tokenizer_vocab: int = field(default=8000, metadata={"help": "Target BPE vocabulary size (smaller for tiny data)."})
@@ -50,7 +56,9 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     tokenizer.train_from_iterator(texts, trainer)
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -63,8 +71,10 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     )
 
 
-def build_random_modernbert(output_dir: str | Path, texts: list[str], size: str = "base", tokenizer_vocab: int = 8000, seed: int = 0) -> dict:
-    """Save a random-init ModernBERT (masked-LM layout, like the hub checkpoint) plus tokenizer; return its description."""
+def build_random_modernbert(
+    output_dir: str | Path, texts: list[str], size: str = "base", tokenizer_vocab: int = 8000, seed: int = 0
+) -> dict:
+    """Save a random-init ModernBERT (masked-LM layout, like the hub checkpoint) and a tokenizer; describe it."""
     import torch
     from transformers import ModernBertConfig, ModernBertForMaskedLM
 
@@ -84,7 +94,13 @@ def build_random_modernbert(output_dir: str | Path, texts: list[str], size: str 
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     n_params = sum(p.numel() for p in model.parameters())
-    return {"output_dir": str(output_dir), "size": size, "parameters": n_params, "tokenizer_vocab": len(tokenizer), **shape}
+    return {
+        "output_dir": str(output_dir),
+        "size": size,
+        "parameters": n_params,
+        "tokenizer_vocab": len(tokenizer),
+        **shape,
+    }
 
 
 def main(argv=None) -> dict:
@@ -92,8 +108,12 @@ def main(argv=None) -> dict:
     texts = read_table(config.data)[config.text_column].astype(str).tolist()
     info = build_random_modernbert(config.output_dir, texts, config.size, config.tokenizer_vocab, config.seed)
     write_json(Path(config.output_dir) / "random_init.json", {**info, "note": "random weights: for timing only"})
-    print(f"saved a random-init ModernBERT-{config.size} ({info['parameters'] / 1e6:.1f}M parameters) to {config.output_dir}/")
+    print(
+        f"saved a random-init ModernBERT-{config.size} ({info['parameters'] / 1e6:.1f}M parameters) "
+        f"to {config.output_dir}/"
+    )
     return info
 
 
-if __name__ == "__main__": run_cli(main)
+if __name__ == "__main__":
+    run_cli(main)

@@ -52,6 +52,17 @@ def trained_tiny(tmp_path_factory, tiny_modernbert, small_data) -> tuple[Path, d
     finetune = load_script("model_train/3_modern_bert_finetune.py")
     out = tmp_path_factory.mktemp("run") / "guardrail"
     results = finetune.main(
-        ["--model", str(tiny_modernbert), "--data", str(small_data), "--output-dir", str(out), "--epochs", "2", "--batch-size", "16"]
+        [
+            "--model",
+            str(tiny_modernbert),
+            "--data",
+            str(small_data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+        ]
     )
     return out, results

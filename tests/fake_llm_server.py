@@ -32,8 +32,17 @@ ATTACK_WORDS = ("ignore", "system prompt", "jailbreak", "no rules")
 
 
 class FakeLLMServer:
-    def __init__(self, mode="json", queue=(), fault_rate=0.0, fault_modes=("429", "500", "slow"), seed=0,
-                 retry_after="1", slow_seconds=1.0, reply_delay=0.0):
+    def __init__(
+        self,
+        mode="json",
+        queue=(),
+        fault_rate=0.0,
+        fault_modes=("429", "500", "slow"),
+        seed=0,
+        retry_after="1",
+        slow_seconds=1.0,
+        reply_delay=0.0,
+    ):
         self.mode = mode
         self.queue = list(queue)
         self.fault_rate = fault_rate
@@ -112,8 +121,11 @@ class FakeLLMServer:
             "created": int(time.time()),
             "model": body.get("model", "fake"),
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
-            "usage": {"prompt_tokens": len(json.dumps(body["messages"])) // 4, "completion_tokens": len(answer) // 4,
-                      "total_tokens": 0},
+            "usage": {
+                "prompt_tokens": len(json.dumps(body["messages"])) // 4,
+                "completion_tokens": len(answer) // 4,
+                "total_tokens": 0,
+            },
         }
 
     def unique_text(self) -> str:

@@ -6,9 +6,10 @@ import hashlib
 import numpy as np
 import pandas as pd
 import pytest
-
-from common import ATTACK_STYLES, CATEGORY_GROUPS, LOGISTICS_TOPICS, OFF_TOPIC_DOMAINS, category_label, normalize_text, read_table
 from conftest import CHALLENGE_DATA, ROOT, SHIPPED_DATA, load_script
+from taxonomy import ATTACK_STYLES, CATEGORY_GROUPS, LOGISTICS_TOPICS, OFF_TOPIC_DOMAINS, category_label
+
+from common import normalize_text, read_table
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_no_four_word_opening_is_shared_by_more_than_one_percent(dataset):
 
 
 def test_data_card_quotes_the_policy_and_the_true_counts(dataset):
-    from common import LABEL_POLICY
+    from taxonomy import LABEL_POLICY
 
     card = (ROOT / "data" / "README.md").read_text()
     assert LABEL_POLICY in card
@@ -108,6 +109,8 @@ def test_challenge_set_is_never_trained_on(dataset, challenge):
 def test_challenge_set_is_frozen(challenge):
     # The set is what makes data rounds comparable, so it must never change: the data card records
     # the digest of its rows, and any edit fails here.
-    rows = "\n".join(f"{t}\t{l}\t{c}" for t, l, c in challenge[["text", "label", "category"]].itertuples(index=False))
+    rows = "\n".join(
+        f"{t}\t{label}\t{c}" for t, label, c in challenge[["text", "label", "category"]].itertuples(index=False)
+    )
     digest = hashlib.sha256(rows.encode("utf-8")).hexdigest()
     assert f"`{digest}`" in (ROOT / "data" / "README.md").read_text()

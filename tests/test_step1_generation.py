@@ -15,9 +15,12 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import common  # noqa: E402
+import llm_client  # noqa: E402
+import taxonomy  # noqa: E402
 from conftest import ROOT, load_script  # noqa: E402
 from fake_llm_server import FakeLLMServer  # noqa: E402
+
+import common  # noqa: E402
 
 SCRIPT = ROOT / "data_process/1_dataset_generation.py"
 generation = load_script("data_process/1_dataset_generation.py")
@@ -25,9 +28,21 @@ generation = load_script("data_process/1_dataset_generation.py")
 
 def flags(server: FakeLLMServer, tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--api_key", "test-key", "--base_url", server.url, "--env_file", str(tmp_path / "no.env"),
-        "--journal", str(tmp_path / "journal.jsonl"), "--output", str(tmp_path / "questions.xlsx"),
-        "--summary_json", str(tmp_path / "summary.json"), "--request_timeout", "0.5", *extra,
+        "--api_key",
+        "test-key",
+        "--base_url",
+        server.url,
+        "--env_file",
+        str(tmp_path / "no.env"),
+        "--journal",
+        str(tmp_path / "journal.jsonl"),
+        "--output",
+        str(tmp_path / "questions.xlsx"),
+        "--summary_json",
+        str(tmp_path / "summary.json"),
+        "--request_timeout",
+        "0.5",
+        *extra,
     ]
 
 
@@ -49,32 +64,44 @@ def test_plan_is_balanced_and_labelled_by_category():
     assert dict(by_group) == {"logistics": 1000, "off_topic": 400, "hard_negative": 300, "attack": 300}
     assert [r["request_id"] for r in plan] == list(range(len(plan)))
     assert plan == generation.plan_requests(generation.GenerationConfig())  # seeded, so resumable
-    for group, keys in common.CATEGORY_GROUPS.items():
+    for group, keys in taxonomy.CATEGORY_GROUPS.items():
         per_key = [rows[f"{group}/{key}"] for key in keys]
         assert max(per_key) - min(per_key) <= 10  # within one batch
-    assert not common.category_label("attack/injection_appended")  # attacks wrapped in logistics stay False
+    assert not taxonomy.category_label("attack/injection_appended")  # attacks wrapped in logistics stay False
 
 
 def test_extract_json_and_reasoning():
-    assert common.extract_json('{"queries": ["a"]}') == {"queries": ["a"]}
-    assert common.extract_json('Sure!\n```json\n["a", "b"]\n```\nBye') == ["a", "b"]
-    assert common.extract_json('Here: {"label": false, "reason": "x"} done') == {"label": False, "reason": "x"}
-    assert common.extract_json("no json here") is None
+    assert llm_client.extract_json('{"queries": ["a"]}') == {"queries": ["a"]}
+    assert llm_client.extract_json('Sure!\n```json\n["a", "b"]\n```\nBye') == ["a", "b"]
+    assert llm_client.extract_json('Here: {"label": false, "reason": "x"} done') == {"label": False, "reason": "x"}
+    assert llm_client.extract_json("no json here") is None
     inline = SimpleNamespace(content='<think>maybe {"label": true}</think>\n{"label": false}', model_extra={})
-    assert common.split_reasoning(inline) == ('<think>maybe {"label": true}</think>', '{"label": false}')
+    assert llm_client.split_reasoning(inline) == ('<think>maybe {"label": true}</think>', '{"label": false}')
     no_opening_tag = SimpleNamespace(content='thinking {"label": true}</think>{"label": false}', model_extra={})
-    assert common.split_reasoning(no_opening_tag)[1] == '{"label": false}'
+    assert llm_client.split_reasoning(no_opening_tag)[1] == '{"label": false}'
     field = SimpleNamespace(content='{"label": false}', model_extra={"reasoning_content": '{"label": true}'})
-    assert common.split_reasoning(field) == ('{"label": true}', '{"label": false}')
+    assert llm_client.split_reasoning(field) == ('{"label": true}', '{"label": false}')
     cut_off = SimpleNamespace(content="<think>still thinking", model_extra={})
-    assert common.split_reasoning(cut_off)[1] == ""
+    assert llm_client.split_reasoning(cut_off)[1] == ""
 
 
 def test_generation_survives_faults_and_counts_retries(tmp_path):
     faults = ["429", "500", "slow", "malformed", "fenced", "garbage", "with_rejects", "think", "reasoning_content"]
     with FakeLLMServer(queue=faults, retry_after="0.1", slow_seconds=1.0) as server:
-        results = generation.main(flags(server, tmp_path, "--n", "30", "--batch_size", "5", "--concurrency", "3",
-                                             "--group_shares", "logistics=0.5,off_topic=0.5"))
+        results = generation.main(
+            flags(
+                server,
+                tmp_path,
+                "--n",
+                "30",
+                "--batch_size",
+                "5",
+                "--concurrency",
+                "3",
+                "--group_shares",
+                "logistics=0.5,off_topic=0.5",
+            )
+        )
     accounting = results["accounting"]
     assert accounting["requests_finished"] == 6 and accounting["requests_failed_after_retries"] == 0
     # with_rejects: one empty and one Chinese item, one surplus item beyond the 5 asked for
@@ -88,7 +115,7 @@ def test_generation_survives_faults_and_counts_retries(tmp_path):
     assert retries["http_attempts"] == 6 + 4 + 1  # 6 requests, 4 retries, 1 re-ask after the garbage reply
     frame = pd.read_excel(tmp_path / "questions.xlsx")
     assert list(frame.columns) == ["text", "label", "category", "source", "request_id", "item"]
-    assert (frame["label"] == frame["category"].map(common.category_label)).all()
+    assert (frame["label"] == frame["category"].map(taxonomy.category_label)).all()
     assert frame["source"].str.startswith("generated:").all()
     assert results["usage_all_runs"]["prompt_tokens"] > 0
     assert json.loads((tmp_path / "summary.json").read_text())["accounting"] == accounting
@@ -104,12 +131,12 @@ def test_retry_after_is_honoured(tmp_path):
 
 
 def test_journal_tolerates_a_torn_last_line(tmp_path):
-    journal = common.Journal(tmp_path / "j.jsonl", plan=["p"])
+    journal = llm_client.Journal(tmp_path / "j.jsonl", plan=["p"])
     journal.append(0, [{"text": "a"}], rejected={})
     journal.close()
     with open(tmp_path / "j.jsonl", "a") as file:
         file.write('{"kind": "row", "request_id": 1, "batch": "x", "te')  # kill -9 mid-write
-    journal = common.Journal(tmp_path / "j.jsonl", plan=["p"])
+    journal = llm_client.Journal(tmp_path / "j.jsonl", plan=["p"])
     assert set(journal.load()) == {0}
     journal.append(1, [{"text": "b"}], rejected={})
     journal.close()
@@ -117,13 +144,16 @@ def test_journal_tolerates_a_torn_last_line(tmp_path):
     assert all(json.loads(line) for line in lines)  # the torn line was cut, not glued to the next one
     assert {k: [r["text"] for r in v["rows"]] for k, v in journal.load().items()} == {0: ["a"], 1: ["b"]}
     with pytest.raises(common.UserError):
-        common.Journal(tmp_path / "j.jsonl", plan=["another plan"]).load()
+        llm_client.Journal(tmp_path / "j.jsonl", plan=["another plan"]).load()
 
 
 def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
     with FakeLLMServer(fault_rate=0.2, fault_modes=("429", "500"), retry_after="0.1", reply_delay=0.1) as server:
-        command = [sys.executable, str(SCRIPT), *flags(server, tmp_path, "--n", "60", "--batch_size", "3",
-                                                       "--concurrency", "2")]
+        command = [
+            sys.executable,
+            str(SCRIPT),
+            *flags(server, tmp_path, "--n", "60", "--batch_size", "3", "--concurrency", "2"),
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         first = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         journal_path = tmp_path / "journal.jsonl"
@@ -138,18 +168,33 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     summary = json.loads((tmp_path / "summary.json").read_text())["accounting"]
     assert summary["requests_finished"] == 20 and summary["rows_written"] == 60
-    done_lines = Counter(json.loads(line)["request_id"] for line in journal_path.read_text().splitlines()
-                         if '"kind": "done"' in line)
+    done_lines = Counter(
+        json.loads(line)["request_id"] for line in journal_path.read_text().splitlines() if '"kind": "done"' in line
+    )
     assert done_lines == Counter(range(20))  # every request_id exactly once across both runs
     frame = pd.read_excel(tmp_path / "questions.xlsx")
-    assert sorted(zip(frame["request_id"], frame["item"])) == [(r, i) for r in range(20) for i in range(3)]
+    assert sorted(zip(frame["request_id"], frame["item"], strict=True)) == [(r, i) for r in range(20) for i in range(3)]
 
 
 def test_missing_api_key_is_one_sentence(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "api_key"}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--n", "4", "--env_file", str(tmp_path / "no.env"),
-                             "--journal", str(tmp_path / "j.jsonl")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--n",
+            "4",
+            "--env_file",
+            str(tmp_path / "no.env"),
+            "--journal",
+            str(tmp_path / "j.jsonl"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: no API key")
     assert "Traceback" not in result.stderr
@@ -159,3 +204,11 @@ def test_dry_run_needs_no_key(tmp_path):
     estimate = generation.main(["--dry_run", "--env_file", str(tmp_path / "no.env")])
     assert estimate["requests"] == 200 and estimate["rows_requested"] == 2000
     assert estimate["estimated_usage"]["prompt_tokens"] == round(estimate["prompt_chars"] / 4)
+
+
+def test_category_label_follows_the_group():
+    assert taxonomy.category_label("logistics/customs_clearance") is True
+    assert taxonomy.category_label("attack/injection_appended") is False
+    assert taxonomy.category_label("hard_negative/software_shipping") is False
+    with pytest.raises(ValueError, match="unknown category"):
+        taxonomy.category_label("logistics/teleportation")

@@ -1,0 +1,438 @@
+"""Fine-tuning helpers shared by step 3 (model_train/3_modern_bert_finetune.py) and its LoRA variant
+(lora/3_lora_finetune.py). The story itself (split, model, Trainer, train, evaluate, save, publish)
+stays in those scripts; each helper here does one job that its name says.
+
+This is an installed module (pyproject.toml lists the package `model_train`) rather than a sibling
+file, because lora/ imports it too: `uv sync` makes `from model_train.training import ...` work from
+every folder without path edits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+from transformers import TrainingArguments
+
+from common import (
+    ENV_FILE_HELP,
+    KINDS,
+    TASKS,
+    Task,
+    UserError,
+    classification_metrics,
+    get_hf_token,
+    get_parser,
+    get_run_info,
+    get_task,
+    group_accuracy,
+)
+
+# ---------------------------------------------------------------------------
+# Config: what to train on (a small dataclass) and how (TrainingArguments with the blog's defaults).
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ModelDataArguments:
+    """The task, the pretrained encoder and the data. Empty fields take the task's defaults."""
+
+    task: str = field(default="guardrail", metadata={"help": f"Which classifier to train: {list(TASKS)}."})
+    model: str = field(
+        default="answerdotai/ModernBERT-base", metadata={"help": "Hub id or local directory of the pretrained encoder."}
+    )
+    data: str | None = field(default=None, metadata={"help": "Labelled .xlsx/.csv/.jsonl file (default: the task's)."})
+    text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: the task's)."})
+    label_column: str | None = field(default=None, metadata={"help": "Column holding the label (default: the task's)."})
+    max_length: int = field(default=512, metadata={"help": "Truncate queries to this many tokens."})
+    val_size: float = field(default=0.1, metadata={"help": "Fraction of distinct texts held out for validation."})
+    test_size: float = field(default=0.1, metadata={"help": "Fraction of distinct texts held out for the test split."})
+    env_file: str = field(default=".env", metadata={"help": ENV_FILE_HELP})
+    push_to_hub: bool = field(
+        default=False,
+        metadata={
+            "help": "Publish the output folder to the hub as the very last step, once the model, results and card "
+            "are written (needs hf_token; the repo is --hub_model_id, default the output folder's name)."
+        },
+    )
+
+    def __post_init__(self):
+        task = get_task(self.task)
+        self.data = self.data or task.default_data
+        self.text_column = self.text_column or task.text_column
+        self.label_column = self.label_column or task.label_column
+
+
+@dataclass
+class FinetuneArguments(TrainingArguments):
+    """transformers' TrainingArguments with the blog's defaults and this project's short flag names."""
+
+    output_dir_suffix: ClassVar[str] = ""  # appended to the task's default output folder
+
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the model is saved (default: the task's, modernbert-llm-router)."}
+    )
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    num_train_epochs: float = field(
+        default=5,
+        metadata={"help": "Maximum training epochs (early stopping may end sooner).", "aliases": ["--epochs"]},
+    )
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Training batch size per device.", "aliases": ["--batch_size", "--batch-size"]}
+    )
+    per_device_eval_batch_size: int = field(
+        default=64,
+        metadata={"help": "Evaluation batch size per device.", "aliases": ["--eval_batch_size", "--eval-batch-size"]},
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: float = field(
+        default=0.1,
+        metadata={
+            "help": "Linear warm-up: a fraction of all steps if below 1 (0.1 = the first tenth), else a step count.",
+            "aliases": ["--warmup_ratio", "--warmup-ratio"],
+        },
+    )
+    eval_strategy: str = field(default="epoch", metadata={"help": "Evaluate on the validation split every epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch, so --resume can continue."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep the best and the newest checkpoint."})
+    load_best_model_at_end: bool = field(
+        default=True, metadata={"help": "End with the epoch that scored best on the task's metric."}
+    )
+    logging_steps: float = field(default=25, metadata={"help": "Log the training loss every N steps."})
+    bf16: str = field(
+        default="auto",
+        metadata={
+            "help": "bf16 mixed precision: auto (on a GPU that supports it), yes or no.",
+            "choices": ["auto", "yes", "no"],
+        },
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Batch training queries of similar length together, so a few long prompts do not pad "
+            "every batch (--no-group-by-length for plain random batches)."
+        },
+    )
+    early_stopping_patience: int = field(
+        default=2, metadata={"help": "Stop after this many epochs without a better validation score."}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "Continue an interrupted run from its last epoch checkpoint."}
+    )
+    # The Trainer never pushes by itself (it would push checkpoints mid-run); the script publishes
+    # once, last: see --push_to_hub.
+    push_to_hub: bool = field(default=False, init=False)
+
+    def __post_init__(self):
+        import torch
+
+        self.bf16 = use_bf16(self.bf16)
+        if self.group_by_length and self.train_sampling_strategy == "random":
+            self.train_sampling_strategy = "group_by_length"
+        self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()  # host-to-GPU only
+        super().__post_init__()
+
+
+def use_bf16(choice: str | bool) -> bool:
+    import torch
+
+    supported = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if choice in ("yes", True) and not supported:
+        raise UserError("--bf16 yes needs a GPU with bf16 support; use --bf16 auto or no.")
+    return choice in ("yes", True) or (choice == "auto" and supported)
+
+
+def parse_args(training_class=FinetuneArguments, argv=None, description: str | None = None):
+    """(ModelDataArguments, training arguments) from the command line.
+
+    The task fills in what the flags leave out: the output folder and the metric that picks the best
+    epoch (and, in ModelDataArguments, the data file and its columns).
+    """
+    parser = get_parser((ModelDataArguments, training_class), description)
+    flags = parser.parse_args(argv)
+    task = get_task(flags.task)
+    flags.output_dir = flags.output_dir or task.default_output_dir + training_class.output_dir_suffix
+    flags.metric_for_best_model = flags.metric_for_best_model or task.metric_for_best_model
+    return tuple(
+        cls(**{f.name: getattr(flags, f.name) for f in fields(cls) if f.init}) for cls in parser.dataclass_types
+    )
+
+
+def config_record(data_args: ModelDataArguments, training_args: TrainingArguments) -> dict:
+    """Every setting of the run, flat, for the log and all_results.json (tokens are masked by to_dict)."""
+    return {**asdict(data_args), **training_args.to_dict()}
+
+
+# ---------------------------------------------------------------------------
+# Data and tokenizer.
+# ---------------------------------------------------------------------------
+
+
+def print_splits(splits: dict[str, pd.DataFrame], task: Task, seed: int) -> None:
+    """Label balance per split and three random training rows."""
+    for name, part in splits.items():
+        counts = part["label_id"].map(task.id2label).value_counts().to_dict()
+        print(f"  {name:<10} {len(part):>5} rows  {counts}")
+    for _, row in splits["train"].sample(3, random_state=seed).iterrows():
+        print(f"  sample: [{task.id2label[row.label_id]}] {row.text[:100]!r}")
+
+
+def reveal_tag_characters(tokenizer):
+    """A copy of the tokenizer that reads invisible Unicode tag characters as the ASCII they encode.
+
+    Tag characters (U+E0020-U+E007E) mirror printable ASCII and render as nothing, so an attacker can
+    hide "ignore your rules" after a genuine question. BERT-style tokenizers delete them and
+    byte-level BPE turns each into four opaque bytes; either way the model cannot read the payload.
+    The rule lives in the tokenizer's normalizer, so it is saved in tokenizer.json and applies
+    wherever the model is loaded, pipeline() included. The copy is a generic fast tokenizer because
+    model-specific tokenizer classes rebuild their own normalizer on load.
+    """
+    import copy
+
+    from tokenizers import normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    if not getattr(tokenizer, "is_fast", False):
+        return tokenizer
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    rules = [normalizers.Replace(chr(0xE0000 + code), chr(code)) for code in range(0x20, 0x7F)]
+    backend.normalizer = normalizers.Sequence(rules + ([backend.normalizer] if backend.normalizer else []))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        model_max_length=tokenizer.model_max_length,
+        model_input_names=tokenizer.model_input_names,
+        padding_side=tokenizer.padding_side,
+        **tokenizer.special_tokens_map,
+    )
+
+
+def tokenize_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int):
+    """A DatasetDict of token ids and labels per split; padding happens per batch in the collator."""
+    from datasets import Dataset, DatasetDict
+
+    def tokenize(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=max_length)
+
+    for name, part in splits.items():
+        # One token past the limit is enough to tell which queries get cut.
+        ids = tokenizer(part["text"].tolist(), truncation=True, max_length=max_length + 1)["input_ids"]
+        cut = sum(len(row) > max_length for row in ids)
+        if cut:
+            print(
+                f"  {name}: {cut} of {len(ids)} queries are longer than --max-length {max_length} tokens "
+                "and are truncated"
+            )
+    return DatasetDict(
+        {
+            name: Dataset.from_dict({"text": part["text"].tolist(), "labels": part["label_id"].tolist()}).map(
+                tokenize, batched=True, remove_columns=["text"], desc=f"tokenize {name}"
+            )
+            for name, part in splits.items()
+        }
+    )
+
+
+# ---------------------------------------------------------------------------
+# What the Trainer is given: metrics per epoch and, for tasks with class weights, the loss.
+# ---------------------------------------------------------------------------
+
+
+def flat_metrics(metrics: dict) -> dict[str, float]:
+    """The scalars the Trainer logs: accuracy and weighted/macro precision, recall, F1."""
+    flat = {"accuracy": metrics["accuracy"], "f1": metrics["weighted"]["f1"], "f1_macro": metrics["macro"]["f1"]}
+    flat["precision"] = metrics["weighted"]["precision"]
+    flat["recall"] = metrics["weighted"]["recall"]
+    return flat
+
+
+def get_compute_metrics(task: Task):
+    """compute_metrics for the Trainer: accuracy and weighted/macro precision, recall and F1."""
+    import numpy as np
+
+    def compute_metrics(prediction):
+        predicted = np.argmax(prediction.predictions, axis=-1)
+        return flat_metrics(classification_metrics(prediction.label_ids, predicted, task.labels))
+
+    return compute_metrics
+
+
+def get_loss_function(task: Task):
+    """compute_loss_func for the Trainer: cross-entropy weighted by the task's class weights; None (the
+    model's own loss) for a task without them."""
+    if task.class_weights is None:
+        return None
+    import torch
+
+    weights = torch.tensor(task.class_weights, dtype=torch.float)
+
+    def weighted_cross_entropy(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"]
+        return torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.shape[-1]).float(), labels.view(-1), weight=weights.to(logits.device)
+        )
+
+    return weighted_cross_entropy
+
+
+# ---------------------------------------------------------------------------
+# Train, evaluate, save, publish.
+# ---------------------------------------------------------------------------
+
+
+def find_checkpoint(training_args: FinetuneArguments) -> str | None:
+    """The checkpoint to resume from with --resume; refuse to silently overwrite an unfinished run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = training_args.output_dir
+    checkpoint = get_last_checkpoint(out) if Path(out).is_dir() else None
+    if training_args.resume and checkpoint is None:
+        raise UserError(f"--resume found no checkpoint in {out!r}; run without --resume to start fresh.")
+    if checkpoint and not training_args.resume:
+        raise UserError(
+            f"{out!r} holds an unfinished run ({Path(checkpoint).name}); "
+            f"add --resume to continue it or choose another --output-dir."
+        )
+    return checkpoint
+
+
+def evaluate_on_test(trainer, test_dataset, test: pd.DataFrame, task: Task) -> dict:
+    """Test metrics of the trainer's (best) model, plus accuracy per group when the task has groups."""
+    import numpy as np
+
+    output = trainer.predict(test_dataset)
+    # With length-grouped batching the Trainer also visits evaluation rows in length order; its
+    # batch sampler says which row each prediction belongs to, so predictions line up with the split again.
+    order = np.array([i for batch in trainer.get_test_dataloader(test_dataset).batch_sampler for i in batch])
+    labels = test["label_id"].to_numpy()
+    assert (output.label_ids == labels[order]).all(), "test predictions are out of line with the test split"
+    predicted = np.empty(len(test), dtype=int)
+    predicted[order] = np.argmax(output.predictions, axis=-1)
+    metrics = classification_metrics(labels, predicted, task.labels)
+    if task.group_column in test.columns:
+        metrics["by_group"] = group_accuracy(test[task.group_column], pd.Series(predicted == labels))
+    return metrics
+
+
+def save_model_and_test_split(trainer, test: pd.DataFrame, task: Task) -> Path:
+    """The best model and its tokenizer, test_split.csv for step 4 and training_curves.png; checkpoints go."""
+    out = Path(trainer.args.output_dir)
+    trainer.save_model(str(out))  # also saves the tokenizer (processing_class)
+    test.drop(columns=["label_id"]).assign(label=test["label_id"].map(task.id2label)).to_csv(
+        out / "test_split.csv", index=False
+    )
+    for checkpoint in out.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)  # the best weights are saved above; optimizer states are GBs
+    plot_training_curves(trainer.state.log_history, task.metric_for_best_model, out / "training_curves.png")
+    return out
+
+
+def plot_training_curves(log_history: list[dict], metric: str, path: str | Path) -> None:
+    """Training loss per step and validation loss / metric per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(e["epoch"], e["loss"]) for e in log_history if "loss" in e]
+    evals = [(e["epoch"], e["eval_loss"], e[f"eval_{metric}"]) for e in log_history if f"eval_{metric}" in e]
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    if train:
+        ax_loss.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        epochs, losses, scores = zip(*evals, strict=True)
+        ax_loss.plot(epochs, losses, "o-", label="validation loss")
+        ax_metric.plot(epochs, scores, "o-", color="tab:green")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax_loss.legend()
+    ax_metric.set(xlabel="epoch", ylabel=metric, title=f"Validation {metric}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summarize_run(trainer, data_args, training_args, test_metrics: dict, splits: dict, started: float, **extra) -> dict:
+    """The content of all_results.json: test metrics, split sizes, timing, the whole config and the run."""
+    return {
+        "task": data_args.task,
+        "model": data_args.model,
+        "test": test_metrics,
+        "best_validation_f1": trainer.state.best_metric,
+        "epochs_trained": trainer.state.epoch,
+        "split_sizes": {name: len(part) for name, part in splits.items()},
+        "train_runtime_s": next((e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e), None),
+        "wall_time_s": time.perf_counter() - started,
+        "config": config_record(data_args, training_args),
+        **extra,
+        "run": get_run_info(),
+    }
+
+
+def write_model_card(trainer, task: Task, data_args, results: dict, adapter: bool = False) -> None:
+    """The Trainer's card (hyperparameters, training log) plus what the task is, usage and test results.
+
+    An adapter directory carries its base model's config, whose labels are LABEL_0, LABEL_1, ...; its
+    snippet passes the task's labels to pipeline() so that predictions carry the real names.
+    """
+    out = Path(trainer.args.output_dir)
+    trainer.create_model_card(
+        model_name=out.name, finetuned_from=data_args.model, tasks=KINDS[task.kind].pipeline_tag, license="apache-2.0"
+    )
+    test = results["test"]
+    rows = "\n".join(
+        f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |"
+        for name, m in test["per_class"].items()
+    )
+    model_id = trainer.args.hub_model_id or str(out)
+    labels = f', model_kwargs={{"id2label": {task.id2label}, "label2id": {task.label2id}}}' if adapter else ""
+    example = (task.examples or ("Where is my parcel?",))[0]
+    card = out / "README.md"
+    card.write_text(
+        card.read_text()
+        + f"""
+{task.description}
+
+## How to use
+
+```python
+from transformers import pipeline
+
+classifier = pipeline("{KINDS[task.kind].pipeline_tag}", model="{model_id}"{labels})
+classifier({example!r}, truncation=True)
+```
+
+Labels: {", ".join(f'`"{label}"` (id {i})' for i, label in task.id2label.items())}.
+
+## Test results
+
+Held-out test split of `{data_args.data}` ({results["split_sizes"]["test"]} rows; near-identical texts never
+straddle splits). Accuracy {test["accuracy"]:.4f}, weighted F1 {test["weighted"]["f1"]:.4f}.
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+Measured on {results["run"]["device"]} with transformers {results["run"]["versions"]["transformers"]}.
+Wall time {results["wall_time_s"]:.0f} s.
+
+## Limitations
+
+{task.limitations}
+"""
+    )
+
+
+def push_folder(folder: str | Path, repo_id: str | None, env_file: str | Path) -> None:
+    """Upload a finished output folder (model, tokenizer, card, results) to the hub."""
+    token = get_hf_token(env_file)
+    if not token:
+        raise UserError("--push-to-hub needs a token: set hf_token in .env (see .env.example).")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id or Path(folder).name, exist_ok=True)
+    api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message="Upload fine-tuned classifier")
+    print(f"pushed to https://huggingface.co/{repo.repo_id}")

@@ -25,15 +25,16 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Kind:
-    """What a kind of classifier is built from: the transformers auto class, the pipeline and the peft task."""
+    """What a kind of classifier is built from: transformers' auto class and collator, its pipeline, its peft task."""
 
     auto_model: str
+    data_collator: str
     pipeline_tag: str
     peft_task_type: str
 
 
 KINDS = {
-    "sequence": Kind("AutoModelForSequenceClassification", "text-classification", "SEQ_CLS"),
+    "sequence": Kind("AutoModelForSequenceClassification", "DataCollatorWithPadding", "text-classification", "SEQ_CLS"),
 }
 
 

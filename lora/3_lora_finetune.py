@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, Trainer, set_seed
+from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
 from common import (
     KINDS,
@@ -38,6 +38,7 @@ from model_train.training import (
     evaluate_on_test,
     find_checkpoint,
     get_compute_metrics,
+    get_data_collator,
     get_loss_function,
     parse_args,
     print_splits,
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
         train_dataset=datasets["train"],
         eval_dataset=datasets["validation"],
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=get_data_collator(task, tokenizer),  # pads each batch to its own longest row
         compute_metrics=get_compute_metrics(task),
         compute_loss_func=get_loss_function(task),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)],

@@ -237,8 +237,15 @@ def tokenize_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int)
 
 
 # ---------------------------------------------------------------------------
-# What the Trainer is given: metrics per epoch and, for tasks with class weights, the loss.
+# What the Trainer is given: the collator, metrics per epoch and, for tasks with class weights, the loss.
 # ---------------------------------------------------------------------------
+
+
+def get_data_collator(task: Task, tokenizer):
+    """The task kind's collator: it pads each batch to its own longest row (dynamic padding)."""
+    import transformers
+
+    return getattr(transformers, KINDS[task.kind].data_collator)(tokenizer)
 
 
 def flat_metrics(metrics: dict) -> dict[str, float]:

@@ -184,3 +184,19 @@ def test_resolve_model_fails_fast_when_the_hub_is_unreachable(monkeypatch):
     with pytest.raises(UserError, match="cannot reach the Hugging Face Hub"):
         common.resolve_model("some-org/some-uncached-model")
     assert time.perf_counter() - started < 5
+
+
+# ---- settings: one env-file rule for every script ----
+
+
+def test_env_file_is_the_one_given_never_one_found_in_a_parent_folder(monkeypatch, tmp_path):
+    monkeypatch.delenv("hf_token", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    (tmp_path / ".env").write_text("hf_token=from_parent\n")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    assert common.get_hf_token() is None  # ./.env of the working directory only
+    (tmp_path / "sub" / "other.env").write_text("hf_token=from_flag_file\n")
+    assert common.get_hf_token("other.env") == "from_flag_file"
+    monkeypatch.setenv("hf_token", "from_environment")  # the environment wins over the file
+    assert common.get_hf_token("other.env") == "from_environment"

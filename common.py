@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import unicodedata
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Kind:
-    """What a kind of classifier is built from: transformers' auto class and collator, its pipeline, its peft task."""
+    """A kind of classifier: transformers' auto class and collator, its pipeline() task, its peft task type."""
 
     auto_model: str
     data_collator: str
@@ -171,40 +172,48 @@ def get_hf_token(env_file: str | Path = ".env") -> str | None:
 
 # ---- Data: read, validate, split.
 
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # not encodable as UTF-8: left by undecodable bytes
 TRUE_STRINGS = {"true", "1", "yes"}
 FALSE_STRINGS = {"false", "0", "no"}
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read .xlsx, .csv or .jsonl into a DataFrame."""
+    """Read .xlsx, .csv or .jsonl into a DataFrame; a file that is not what its name says is one sentence."""
     path = Path(path)
     if not path.is_file():
         raise UserError(
             f"data file {str(path)!r} not found; pass --data with the path to an .xlsx, .csv or .jsonl file."
         )
     suffix = path.suffix.lower()
-    if suffix in {".xlsx", ".xls"}:
-        return pd.read_excel(path, keep_default_na=False)
-    if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False)
-    if suffix in {".jsonl", ".json"}:
-        return pd.read_json(path, lines=suffix == ".jsonl")
-    raise UserError(f"cannot read {suffix!r} files; give an .xlsx, .csv or .jsonl file.")
+    if suffix not in {".xlsx", ".csv", ".jsonl", ".json"}:
+        raise UserError(f"cannot read {suffix!r} files; give an .xlsx, .csv or .jsonl file.")
+    if path.stat().st_size == 0:
+        raise UserError(f"data file {str(path)!r} is empty (0 bytes); write labelled rows into it.")
+    try:
+        if suffix == ".xlsx":
+            return read_workbook(path)
+        if suffix == ".csv":
+            return pd.read_csv(path, keep_default_na=False, encoding="utf-8")
+        return pd.read_json(path, lines=suffix == ".jsonl", encoding="utf-8")
+    except UnicodeError as error:  # undecodable bytes, or escapes of lone surrogates in JSON
+        raise UserError(f"{str(path)!r} is not valid UTF-8 text ({error.reason}); save it as UTF-8.") from error
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:  # a damaged or renamed file
+        kind = {".xlsx": "an Excel workbook", ".csv": "a CSV file"}.get(suffix, "JSON Lines (one object per line)")
+        raise UserError(f"{str(path)!r} cannot be read as {kind} ({str(error)[:80]}); check its format.") from error
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write .xlsx or .csv. In .xlsx, text that starts with '=' stays text instead of becoming a formula."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        frame.to_csv(path, index=False)
-        return
-    with pd.ExcelWriter(path, engine="openpyxl") as writer:
-        frame.to_excel(writer, index=False)
-        for row in writer.sheets["Sheet1"].iter_rows():
-            for cell in row:
-                if cell.data_type == "f":  # openpyxl reads a leading '=' as a formula
-                    cell.data_type = "s"
+def read_workbook(path: Path) -> pd.DataFrame:
+    """The first sheet of an .xlsx; a formula cell is refused, as its text would otherwise read as empty."""
+    import openpyxl
+
+    rows = openpyxl.load_workbook(path, read_only=True).worksheets[0].iter_rows()
+    formula = next((cell for row in rows for cell in row if cell.data_type == "f"), None)
+    if formula is not None:
+        raise UserError(
+            f"cell {formula.coordinate} of {path.name} holds the formula {str(formula.value)[:40]!r}, not text; "
+            f"type the text itself (a leading apostrophe keeps '=' as text)."
+        )
+    return pd.read_excel(path, keep_default_na=False)
 
 
 def parse_bool(value) -> bool | None:
@@ -217,8 +226,13 @@ def parse_bool(value) -> bool | None:
     return True if lowered in TRUE_STRINGS else False if lowered in FALSE_STRINGS else None
 
 
-def validate_frame(frame: pd.DataFrame, task: Task, text_column: str, label_column: str) -> pd.DataFrame:
-    """Check columns, texts and labels; return a copy with a clean `text` and an integer `label_id`."""
+def validate_frame(
+    frame: pd.DataFrame, task: Task, text_column: str, label_column: str, every_class: bool = True
+) -> pd.DataFrame:
+    """Check columns, texts and labels; return a copy with a clean `text` and an integer `label_id`.
+
+    Training needs every class (every_class=True); an evaluation file may hold one, e.g. attacks only.
+    """
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         raise UserError(
@@ -255,7 +269,7 @@ def validate_frame(frame: pd.DataFrame, task: Task, text_column: str, label_colu
                 f"unknown labels {unknown[:5]} in {label_column!r}; task {task.name!r} uses {list(task.labels)}."
             )
     frame["label_id"] = names.map(task.label2id).astype(int)
-    if frame["label_id"].nunique() < 2:
+    if every_class and frame["label_id"].nunique() < 2:
         raise UserError(f"all rows have the label {names.iloc[0]!r}; a classifier needs examples of every class.")
     return frame
 
@@ -299,11 +313,21 @@ def split_frame(frame: pd.DataFrame, val_size: float, test_size: float, seed: in
 
 
 def classification_metrics(y_true, y_pred, labels: tuple[str, ...]) -> dict:
-    """Accuracy plus precision, recall, F1 and support per class, macro and weighted."""
+    """Accuracy plus precision, recall, F1 and support per class, macro and weighted.
+
+    With one class in y_true (a file of attacks only), precision and F1 say nothing: the result is
+    accuracy and the recall of that class, and `single_class` names it.
+    """
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     ids = list(range(len(labels)))
     metrics = {"accuracy": float(accuracy_score(y_true, y_pred))}
+    present = sorted(set(int(y) for y in y_true))
+    if len(present) == 1:
+        label = labels[present[0]]
+        metrics["single_class"] = label
+        metrics["per_class"] = {label: {"recall": metrics["accuracy"], "support": len(y_true)}}
+        return metrics
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=ids, zero_division=0)
     metrics["per_class"] = {
         labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -317,12 +341,18 @@ def classification_metrics(y_true, y_pred, labels: tuple[str, ...]) -> dict:
 
 def print_metrics(metrics: dict, what: str) -> None:
     """The metrics table a person reads at the end of steps 3 and 4."""
-    print(f"\n{what}: accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['weighted']['f1']:.4f}")
+    if "single_class" in metrics:
+        label = metrics["single_class"]
+        print(f"\n{what}, all labelled {label!r}: accuracy = recall of {label!r} = {metrics['accuracy']:.4f}")
+        print("  (one class only: precision and F1 are not defined, so they are not reported)")
+    else:
+        print(f"\n{what}: accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['weighted']['f1']:.4f}")
     for label, m in metrics["per_class"].items():
-        print(
-            f"  {label:>6}: precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-            f"f1 {m['f1']:.4f}  n={m['support']}"
-        )
+        if "precision" in m:
+            print(
+                f"  {label:>6}: precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+                f"f1 {m['f1']:.4f}  n={m['support']}"
+            )
     for group, g in metrics.get("by_group", {}).items():
         print(f"  {group:<14} accuracy {g['accuracy']:.4f}  n={g['n']}")
 
@@ -348,8 +378,7 @@ def resolve_model(name_or_path: str, token: str | None = None) -> dict:
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{str(path)!r} has no config.json; point --model at a saved model directory.")
+        check_model_dir(path)
         return {"pretrained_model_name_or_path": str(path)}
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model directory {name_or_path!r} not found; check the path given to --model.")
@@ -381,29 +410,28 @@ def resolve_model(name_or_path: str, token: str | None = None) -> dict:
     return {"pretrained_model_name_or_path": name_or_path, "token": token}
 
 
-def load_trained_classifier(name_or_path: str, task: Task, device: str = "cpu", env_file: str | Path = ".env"):
-    """Tokenizer and eval-mode classifier from a full/merged model or a LoRA adapter directory.
+WEIGHT_FILES = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 
-    An adapter directory (it has adapter_config.json) is applied to its base model, rebuilt with
-    the task's labels, so predictions carry the task's label names rather than LABEL_0, LABEL_1.
-    """
-    from transformers import AutoTokenizer
 
-    token = get_hf_token(env_file)
-    if not Path(name_or_path, "adapter_config.json").is_file():
-        source = resolve_model(name_or_path, token)
-        tokenizer = AutoTokenizer.from_pretrained(**source)
-        model = task.model_class.from_pretrained(**source)
-    else:
-        from peft import PeftConfig, PeftModel
-
-        base = resolve_model(PeftConfig.from_pretrained(name_or_path).base_model_name_or_path, token)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = task.model_class.from_pretrained(
-            **base, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
-        )
-        model = PeftModel.from_pretrained(model, name_or_path)
-    return tokenizer, model.to(device).eval()
+def check_model_dir(path: Path) -> None:
+    """A local model directory needs a readable config.json, weights and a tokenizer; say which is missing."""
+    where = f"{str(path)!r}; point --model at a directory saved by save_pretrained (step 3 writes one)"
+    if not (path / "config.json").is_file():
+        raise UserError(f"no config.json in {where}.")
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"config.json is not valid JSON ({error}) in {where}.") from error
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"no model weights ({WEIGHT_FILES[0]} or {WEIGHT_FILES[1]}) in {where}.")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"no tokenizer (tokenizer.json or tokenizer_config.json) in {where}.")
 
 
 # ---- Run metadata: what produced a result, so numbers can be compared honestly.
@@ -414,13 +442,9 @@ def describe_device() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
     return f"CPU: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 

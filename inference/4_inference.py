@@ -21,16 +21,19 @@ import pandas as pd
 
 from common import (
     ENV_FILE_HELP,
+    LONE_SURROGATE,
     TASKS,
+    Task,
     UserError,
     classification_metrics,
+    get_hf_token,
     get_run_info,
     get_task,
     group_accuracy,
-    load_trained_classifier,
     parse_config,
     print_metrics,
     read_table,
+    resolve_model,
     run_cli,
     validate_frame,
     write_json,
@@ -50,7 +53,10 @@ class InferenceConfig:
     text: str | None = field(default=None, metadata={"help": "Classify this one query and stop."})
     text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: the task's)."})
     label_column: str | None = field(default=None, metadata={"help": "Column holding the label (default: the task's)."})
-    max_length: int = field(default=512, metadata={"help": "Truncate queries to this many tokens."})
+    max_length: int | None = field(
+        default=None,
+        metadata={"help": "Truncate queries to this many tokens (default: the length the model was trained for)."},
+    )
     batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and for the throughput run."})
     device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda."})
     benchmark: bool = field(default=True, metadata={"help": "Run the latency benchmark (--no-benchmark to skip)."})
@@ -64,6 +70,36 @@ class InferenceConfig:
         task = get_task(self.task)
         self.text_column = self.text_column or task.text_column
         self.label_column = self.label_column or task.label_column
+        for name in ("batch_size", "timed_runs", "throughput_batches"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+        if self.text is not None and LONE_SURROGATE.search(self.text):
+            raise UserError("--text holds bytes that are not valid UTF-8; pass the query as UTF-8 text.")
+
+
+def load_trained_classifier(name_or_path: str, task: Task, device: str = "cpu", env_file: str | Path = ".env"):
+    """Tokenizer and eval-mode classifier from a full/merged model or a LoRA adapter directory.
+
+    An adapter directory (it has adapter_config.json) is applied to its base model, rebuilt with
+    the task's labels, so predictions carry the task's label names rather than LABEL_0, LABEL_1.
+    """
+    from transformers import AutoTokenizer
+
+    token = get_hf_token(env_file)
+    if not Path(name_or_path, "adapter_config.json").is_file():
+        source = resolve_model(name_or_path, token)
+        tokenizer = AutoTokenizer.from_pretrained(**source)
+        model = task.model_class.from_pretrained(**source)
+    else:
+        from peft import PeftConfig, PeftModel
+
+        base = resolve_model(PeftConfig.from_pretrained(name_or_path).base_model_name_or_path, token)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = task.model_class.from_pretrained(
+            **base, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
+        )
+        model = PeftModel.from_pretrained(model, name_or_path)
+    return tokenizer, model.to(device).eval()
 
 
 def pick_device(choice: str) -> str:
@@ -71,7 +107,17 @@ def pick_device(choice: str) -> str:
 
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {choice} but torch sees no CUDA GPU here; use --device cpu or auto.")
+    if choice != "cpu" and not choice.startswith("cuda"):
+        raise UserError(f"--device {choice!r} is not one of auto, cpu, cuda.")
     return choice
+
+
+def printable(text: str) -> str:
+    """The text with control, format and line-break characters escaped, so that it cannot forge an output
+    line or send terminal escapes: a newline prints as backslash-n, ESC as backslash-x1b."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def predict(texts: list[str], tokenizer, model, device: str, batch_size: int, max_length: int):
@@ -161,12 +207,13 @@ def main(argv=None) -> dict:
     device = pick_device(config.device)
     tokenizer, model = load_trained_classifier(config.model, task, device, config.env_file)
     id2label = model.config.id2label
+    config.max_length = config.max_length or min(tokenizer.model_max_length, 8192)  # step 3 saves its --max-length
 
     # ---- one query ----
     if config.text is not None:
         probs = predict([config.text], tokenizer, model, device, 1, config.max_length)[0]
         label = id2label[int(probs.argmax())]
-        print(f"{label}\t{probs.max():.4f}\t{config.text}")
+        print(f"{label}\t{probs.max():.4f}\t{printable(config.text)}")
         return {"text": config.text, "label": label, "score": float(probs.max())}
 
     # ---- example queries ----
@@ -179,7 +226,7 @@ def main(argv=None) -> dict:
     data_path = config.data or str(Path(config.model) / "test_split.csv")
     if config.data is None and not Path(data_path).is_file():
         raise UserError(f"{config.model!r} has no test_split.csv; pass --data with a labelled file to evaluate on.")
-    frame = validate_frame(read_table(data_path), task, config.text_column, config.label_column)
+    frame = validate_frame(read_table(data_path), task, config.text_column, config.label_column, every_class=False)
     texts = frame["text"].tolist()
     probs = predict(texts, tokenizer, model, device, config.batch_size, config.max_length)
     predicted = probs.argmax(axis=1)

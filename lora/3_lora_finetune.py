@@ -23,7 +23,6 @@ from common import (
     UserError,
     get_hf_token,
     get_task,
-    load_trained_classifier,
     print_metrics,
     read_table,
     resolve_model,
@@ -112,6 +111,7 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)  # before the model is built: the head and the adapters start from it
     source = resolve_model(data_args.model, get_hf_token(data_args.env_file))
     tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
+    tokenizer.model_max_length = data_args.max_length  # saved with the model, so pipeline() truncates there too
     base = task.model_class.from_pretrained(
         **source, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
     )
@@ -136,7 +136,8 @@ def main(argv=None) -> dict:
     )
 
     # ---- train, evaluate on the test split, save the adapter ----
-    trainer.train(resume_from_checkpoint=find_checkpoint(training_args))
+    checkpoint = find_checkpoint(training_args)  # None unless --resume
+    trainer.train(resume_from_checkpoint=checkpoint)
     test_metrics = evaluate_on_test(trainer, datasets["test"], splits["test"], task)
     out = save_model_and_test_split(trainer, splits["test"], task)
 
@@ -144,14 +145,13 @@ def main(argv=None) -> dict:
     extra = {"lora_target_modules": targets, "trainable_parameters": trainable, "total_parameters": total}
     extra |= {"trainable_percent": 100 * trainable / total}
     extra["adapter_size_mb"] = (out / "adapter_model.safetensors").stat().st_size / 1e6
-    if training_args.merge:
-        _, adapted = load_trained_classifier(str(out), task, env_file=data_args.env_file)
-        adapted.merge_and_unload().save_pretrained(out / "merged")
+    if training_args.merge:  # the trainer holds the best epoch's adapters (load_best_model_at_end)
+        trainer.model.merge_and_unload().save_pretrained(out / "merged")
         tokenizer.save_pretrained(out / "merged")
         extra["merged_dir"] = str(out / "merged")
 
     # ---- results and model card, written once everything LoRA adds is on disk ----
-    results = summarize_run(trainer, data_args, training_args, test_metrics, splits, started, **extra)
+    results = summarize_run(trainer, data_args, training_args, test_metrics, splits, started, checkpoint, **extra)
     write_json(out / "all_results.json", results)
     write_model_card(trainer, task, data_args, results, adapter=True)
     print_metrics(test_metrics, f"{len(splits['test'])} held-out test rows")

@@ -68,6 +68,7 @@ def main(argv=None) -> dict:
     set_seed(training_args.seed)  # before the model is built: the new head's initial weights come from it
     source = resolve_model(data_args.model, get_hf_token(data_args.env_file))
     tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
+    tokenizer.model_max_length = data_args.max_length  # saved with the model, so pipeline() truncates there too
     model = task.model_class.from_pretrained(
         **source, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
     )
@@ -91,7 +92,8 @@ def main(argv=None) -> dict:
     )
 
     # ---- train (or continue an interrupted run with --resume) ----
-    trainer.train(resume_from_checkpoint=find_checkpoint(training_args))
+    checkpoint = find_checkpoint(training_args)  # None unless --resume
+    trainer.train(resume_from_checkpoint=checkpoint)
 
     # ---- evaluate the best model on the held-out test split ----
     test_metrics = evaluate_on_test(trainer, datasets["test"], splits["test"], task)
@@ -99,7 +101,7 @@ def main(argv=None) -> dict:
     # ---- save: model, tokenizer, test_split.csv, training curves, all_results.json, model card ----
     out = save_model_and_test_split(trainer, splits["test"], task)
     results = summarize_run(
-        trainer, data_args, training_args, test_metrics, splits, started, trainable_parameters=n_params
+        trainer, data_args, training_args, test_metrics, splits, started, checkpoint, trainable_parameters=n_params
     )
     write_json(out / "all_results.json", results)
     write_model_card(trainer, task, data_args, results)

@@ -9,6 +9,7 @@ every folder without path edits.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -130,6 +131,13 @@ class FinetuneArguments(TrainingArguments):
     def __post_init__(self):
         import torch
 
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1.")
+        if not self.learning_rate > 0:
+            raise UserError(f"--learning-rate must be above 0 (got {self.learning_rate}).")
+        if self.max_steps <= 0 and not self.num_train_epochs > 0:
+            raise UserError("--epochs must be above 0 (or give --max-steps): 0 epochs would train nothing.")
         self.bf16 = use_bf16(self.bf16)
         if self.group_by_length and self.train_sampling_strategy == "random":
             self.train_sampling_strategy = "group_by_length"
@@ -290,20 +298,38 @@ def get_loss_function(task: Task):
 # ---------------------------------------------------------------------------
 
 
-def find_checkpoint(training_args: FinetuneArguments) -> str | None:
-    """The checkpoint to resume from with --resume; refuse to silently overwrite an unfinished run."""
-    from transformers.trainer_utils import get_last_checkpoint
+def is_complete_checkpoint(folder: Path) -> bool:
+    """The Trainer writes trainer_state.json last, after the weights, optimizer and RNG states; a folder
+    without a readable one was cut off mid-write (a kill during saving)."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any((folder / name).is_file() for name in ("model.safetensors", "adapter_model.safetensors"))
 
-    out = training_args.output_dir
-    checkpoint = get_last_checkpoint(out) if Path(out).is_dir() else None
-    if training_args.resume and checkpoint is None:
-        raise UserError(f"--resume found no checkpoint in {out!r}; run without --resume to start fresh.")
-    if checkpoint and not training_args.resume:
+
+def find_checkpoint(training_args: FinetuneArguments) -> str | None:
+    """The checkpoint to resume from with --resume: the newest complete one. Without --resume, refuse to
+    silently overwrite an unfinished run."""
+    out = Path(training_args.output_dir)
+    folders = sorted(
+        out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name[11:].isdigit() else -1
+    )
+    if folders and not training_args.resume:
         raise UserError(
-            f"{out!r} holds an unfinished run ({Path(checkpoint).name}); "
+            f"{str(out)!r} holds an unfinished run ({folders[-1].name}); "
             f"add --resume to continue it or choose another --output-dir."
         )
-    return checkpoint
+    if not training_args.resume:
+        return None
+    complete = [folder for folder in folders if is_complete_checkpoint(folder)]
+    if not complete:
+        raise UserError(f"--resume found no complete checkpoint in {str(out)!r}; run without --resume to start fresh.")
+    for torn in folders[folders.index(complete[-1]) + 1 :]:
+        print(f"skipping {torn.name}: incomplete (cut off while it was written); removing it")
+        shutil.rmtree(torn)
+    print(f"resuming from {complete[-1].name}")
+    return str(complete[-1])
 
 
 def evaluate_on_test(trainer, test_dataset, test: pd.DataFrame, task: Task) -> dict:
@@ -361,8 +387,14 @@ def plot_training_curves(log_history: list[dict], metric: str, path: str | Path)
     plt.close(fig)
 
 
-def summarize_run(trainer, data_args, training_args, test_metrics: dict, splits: dict, started: float, **extra) -> dict:
-    """The content of all_results.json: test metrics, split sizes, timing, the whole config and the run."""
+def summarize_run(
+    trainer, data_args, training_args, test_metrics, splits, started: float, resumed_from: str | None, **extra
+) -> dict:
+    """The content of all_results.json: test metrics, split sizes, timing, the whole config and the run.
+
+    After --resume the timings are the finishing process's only, and `timing_covers` says so.
+    """
+    timing = f"the process that resumed from {Path(resumed_from).name}" if resumed_from else "the whole run"
     return {
         "task": data_args.task,
         "model": data_args.model,
@@ -372,6 +404,7 @@ def summarize_run(trainer, data_args, training_args, test_metrics: dict, splits:
         "split_sizes": {name: len(part) for name, part in splits.items()},
         "train_runtime_s": next((e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e), None),
         "wall_time_s": time.perf_counter() - started,
+        "timing_covers": timing,
         "config": config_record(data_args, training_args),
         **extra,
         "run": get_run_info(),
@@ -385,6 +418,9 @@ def write_model_card(trainer, task: Task, data_args, results: dict, adapter: boo
     snippet passes the task's labels to pipeline() so that predictions carry the real names.
     """
     out = Path(trainer.args.output_dir)
+    # Log entries restored from a checkpoint come back with sorted keys, fresh ones in logging order; the
+    # card's table takes its columns from the first row, so one key order for all keeps columns in line.
+    trainer.state.log_history = [dict(sorted(entry.items())) for entry in trainer.state.log_history]
     trainer.create_model_card(
         model_name=out.name, finetuned_from=data_args.model, tasks=KINDS[task.kind].pipeline_tag, license="apache-2.0"
     )
@@ -423,7 +459,7 @@ straddle splits). Accuracy {test["accuracy"]:.4f}, weighted F1 {test["weighted"]
 {rows}
 
 Measured on {results["run"]["device"]} with transformers {results["run"]["versions"]["transformers"]}.
-Wall time {results["wall_time_s"]:.0f} s.
+Wall time {results["wall_time_s"]:.0f} s ({results["timing_covers"]}).
 
 ## Limitations
 

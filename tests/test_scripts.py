@@ -203,12 +203,26 @@ def test_step3_resumes_an_interrupted_run(tiny_modernbert, small_data, tmp_path,
             finetune.main(argv + ["--epochs", "1"])
     assert [p.name for p in out.glob("checkpoint-*")] == ["checkpoint-4"]  # 128 rows / 32 = 4 steps
 
+    # a kill while the epoch-2 checkpoint was being written leaves a folder with only its config
+    (out / "checkpoint-8").mkdir()
+    (out / "checkpoint-8" / "config.json").write_text("{}")
+
     with pytest.raises(UserError, match="add --resume"):
         finetune.main(argv + ["--epochs", "2"])
     results = finetune.main(argv + ["--epochs", "2", "--resume"])
     assert results["epochs_trained"] == 2
     log = json.loads((out / "all_results.json").read_text())
     assert log["split_sizes"]["train"] == 128 and not list(out.glob("checkpoint-*"))
+    assert log["timing_covers"] == "the process that resumed from checkpoint-4"
+
+    # The card's training-results table keeps its columns in line for the epoch logged before the
+    # interruption and the one after: every accuracy on 16 validation rows is a multiple of 1/16.
+    card = (out / "README.md").read_text()
+    section = card.split("### Training results")[1].split("###")[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    column = [cell.strip() for cell in table[0].strip("|").split("|")].index("Accuracy")
+    accuracies = [float(row.strip("|").split("|")[column]) for row in table[2:]]
+    assert len(accuracies) == 2 and all(abs(a * 16 - round(a * 16)) < 1e-3 for a in accuracies), table
 
 
 def test_step3_reports_a_wrong_column_in_one_sentence(tiny_modernbert, small_data, tmp_path):

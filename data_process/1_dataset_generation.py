@@ -51,7 +51,13 @@ class GenerationConfig(llm_client.ProviderConfig):
     min_chars: int = field(default=3, metadata={"help": "Shortest accepted query, in characters."})
     max_chars: int = field(default=1000, metadata={"help": "Longest accepted query, in characters."})
     min_english_ratio: float = field(
-        default=0.9, metadata={"help": "Least share of ASCII among a query's letters (a cheap English check)."}
+        default=0.9,
+        metadata={
+            "help": "Least share of ASCII among a query's letters. This only rejects queries written in "
+            "non-Latin scripts (Chinese, Cyrillic, Arabic, ...): Spanish or German in Latin letters pass. "
+            "It is not a language identifier, on purpose: tried on the shipped data, one rejected short "
+            "English queries and the translated attacks that the taxonomy asks for."
+        },
     )
     output: str = field(
         default="data/questions_sample_2k.xlsx", metadata={"help": "Generated dataset (.xlsx or .csv)."}
@@ -347,8 +353,9 @@ def main(argv=None) -> dict:
 
     # -- Save and report -----------------------------------------------------
     finished = journal.load()
+    llm_client.check_any_succeeded(finished, failed)
     frame, duplicates = build_dataset(finished)
-    common.write_table(frame, config.output)
+    llm_client.write_table(frame, config.output)
     usage = llm_client.sum_usage(e["done"] for e in finished.values())
     results = {
         "model": model,
@@ -357,6 +364,7 @@ def main(argv=None) -> dict:
         "failures_this_run": failed,
         "retries_this_run": monitor.as_dict(),
         "usage_all_runs": usage,
+        "usage_note": llm_client.USAGE_NOTE,
         "estimated_cost_usd": round(
             llm_client.estimate_cost(usage, config.price_input_per_million, config.price_output_per_million), 4
         ),

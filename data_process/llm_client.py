@@ -13,6 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import httpx2  # the HTTP library of openai 3.x
+
 from common import ENV_FILE_HELP, UserError, load_env_file
 
 FIREWORKS_BASE_URL = "https://api.fireworks.ai/inference/v1"
@@ -51,7 +53,11 @@ class ProviderConfig:
         },
     )
     request_timeout: float = field(
-        default=120.0, metadata={"help": "Seconds one HTTP attempt may take before it is retried."}
+        default=120.0,
+        metadata={
+            "help": "Seconds one HTTP attempt may take, from sending the request to the last byte of the reply, "
+            "before it is abandoned and retried."
+        },
     )
     parse_retries: int = field(default=1, metadata={"help": "Times to re-ask when a reply holds no usable JSON."})
 
@@ -64,23 +70,34 @@ class RequestMonitor:
     whatever caused it (429, 5xx, timeout). It also turns a 200 whose body is not a chat completion
     (cut-off JSON, a proxy's HTML page, no choices) into a 502, so the client retries it like any
     bad gateway instead of the run crashing on it.
+
+    The HTTP timeout bounds each read, so a server that trickles a byte a second would hold an attempt
+    forever; the body is read against a deadline of `timeout` seconds from the request instead.
+    `secret` (the API key) is cut out of anything the monitor is asked to redact.
     """
 
-    def __init__(self):
+    def __init__(self, timeout: float, secret: str = ""):
         import threading
         from collections import Counter
 
         self._lock = threading.Lock()
+        self.timeout, self.secret = timeout, secret
         self.attempts = 0
         self.retries = 0
         self.statuses = Counter()
 
     def on_request(self, request) -> None:
+        import time
+
+        request.extensions["attempt_deadline"] = time.monotonic() + self.timeout
         with self._lock:
             self.attempts += 1
             self.retries += int(request.headers.get("x-stainless-retry-count", "0")) > 0
 
     def on_response(self, response) -> None:
+        deadline = response.request.extensions.get("attempt_deadline")
+        if deadline is not None:
+            response.stream = DeadlineStream(response.stream, deadline, response.request)
         status = str(response.status_code)
         if response.status_code == 200 and not is_chat_completion(response.read()):
             response.status_code, status = 502, "200_malformed"
@@ -91,6 +108,28 @@ class RequestMonitor:
     def as_dict(self) -> dict:
         return {"http_attempts": self.attempts, "retries": self.retries, "http_error_statuses": dict(self.statuses)}
 
+    def redact(self, text: str) -> str:
+        return text.replace(self.secret, "***") if self.secret else text
+
+
+class DeadlineStream(httpx2.SyncByteStream):
+    """A response body that raises httpx2.ReadTimeout once the attempt's deadline has passed, which the
+    openai client retries like any timeout."""
+
+    def __init__(self, stream, deadline: float, request):
+        self.stream, self.deadline, self.request = stream, deadline, request
+
+    def __iter__(self):
+        import time
+
+        for chunk in self.stream:
+            if time.monotonic() > self.deadline:
+                raise httpx2.ReadTimeout("the reply took longer than --request-timeout", request=self.request)
+            yield chunk
+
+    def close(self) -> None:
+        self.stream.close()
+
 
 def is_chat_completion(body: bytes) -> bool:
     try:
@@ -98,6 +137,46 @@ def is_chat_completion(body: bytes) -> bool:
         return isinstance(data["choices"][0]["message"], dict)
     except (ValueError, TypeError, KeyError, IndexError):
         return False
+
+
+# ---- The tables steps 1 and 2 write.
+
+# Characters an .xlsx cell cannot hold (openpyxl refuses them): C0 controls other than tab and line breaks.
+XLSX_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def write_table(frame, path: str | Path) -> int:
+    """Write .xlsx or .csv; return how many control characters were escaped.
+
+    In .xlsx, a control character that the format cannot hold (a NUL or ESC an LLM wrote) is written as
+    its visible escape, \\x00 or \\x1b, so the file is always written; text that starts with '=' stays
+    text instead of becoming a formula.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        frame.to_csv(path, index=False)
+        return 0
+    escaped = 0
+
+    def escape(value):
+        nonlocal escaped
+        if not isinstance(value, str):
+            return value
+        escaped += len(XLSX_ILLEGAL.findall(value))
+        return XLSX_ILLEGAL.sub(lambda match: f"\\x{ord(match.group()):02x}", value)
+
+    with pd.ExcelWriter(path, engine="openpyxl") as writer:
+        frame.map(escape).to_excel(writer, index=False)
+        for row in writer.sheets["Sheet1"].iter_rows():
+            for cell in row:
+                if cell.data_type == "f":  # openpyxl reads a leading '=' as a formula
+                    cell.data_type = "s"
+    if escaped:
+        print(f"{path}: {escaped} control characters that .xlsx cannot hold were written as escapes (\\x1b ...)")
+    return escaped
 
 
 def get_setting(config: ProviderConfig, flag_value, name: str, default: str | None = None) -> str | None:
@@ -117,7 +196,7 @@ def get_llm_client(config: ProviderConfig):
             "(any value, e.g. api_key=local, for vLLM or Ollama), "
             "or pass --api-key."
         )
-    monitor = RequestMonitor()
+    monitor = RequestMonitor(config.request_timeout, secret=api_key)
     http_client = openai.DefaultHttpxClient(
         event_hooks={"request": [monitor.on_request], "response": [monitor.on_response]}
     )
@@ -154,6 +233,7 @@ def complete_chat(
 
 
 THINK_BLOCK = re.compile(r"<think>.*?(?:</think>|\Z)", re.DOTALL | re.IGNORECASE)
+JSON_START = re.compile(r"[\[{]")
 FENCED_BLOCK = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
@@ -175,22 +255,34 @@ def split_reasoning(message) -> tuple[str, str]:
     return reasoning, THINK_BLOCK.sub("", content).strip()
 
 
-def extract_json(text: str):
-    """The first JSON object or array in a reply: bare, inside ``` fences, or amid prose; None if there is none."""
+def extract_json(text: str, last: bool = False):
+    """A JSON object or array in a reply: bare, inside ``` fences, or amid prose; None if there is none.
+
+    The first one by default (step 1's list of queries). With last=True the last top-level one: a judge
+    that reasons in plain prose may quote JSON from the row it judges before it gives its own verdict.
+    """
     text = text.strip()
-    candidates = [text, *FENCED_BLOCK.findall(text)]
-    for candidate in candidates:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    for candidate in FENCED_BLOCK.findall(text) if not last else ():
         try:
             return json.loads(candidate)
         except json.JSONDecodeError:
             pass
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"[\[{]", text):
+    found, decoder, start = [], json.JSONDecoder(), 0
+    while (match := JSON_START.search(text, start)) is not None:
         try:
-            return decoder.raw_decode(text, match.start())[0]
+            value, end = decoder.raw_decode(text, match.start())
         except json.JSONDecodeError:
+            start = match.start() + 1
             continue
-    return None
+        if not last:
+            return value
+        found.append(value)
+        start = end
+    return found[-1] if found else None
 
 
 class Journal:
@@ -322,7 +414,8 @@ def run_requests(requests: list[dict], send, on_done, concurrency: int, monitor:
                 request, result, error = done.get()
                 fatal = isinstance(error, openai.APIStatusError) and error.status_code in FATAL_STATUS_HELP
                 if fatal and succeeded == 0:  # a bad key or model fails every request: say so at once
-                    raise UserError(FATAL_STATUS_HELP[error.status_code].format(detail=str(error.message)[:200]))
+                    detail = monitor.redact(str(error.message))[:200]  # a provider may echo the key
+                    raise UserError(FATAL_STATUS_HELP[error.status_code].format(detail=detail))
                 if isinstance(error, openai.OpenAIError):
                     failed[api_error_reason(error)] += 1
                 elif error is not None:
@@ -335,6 +428,23 @@ def run_requests(requests: list[dict], send, on_done, concurrency: int, monitor:
     finally:
         stop.set()
     return dict(failed)
+
+
+def check_any_succeeded(finished: dict, failed: dict) -> None:
+    """If not one request has ever succeeded, the provider was never reached: stop with exit code 2
+    instead of writing an empty table."""
+    if failed and not finished:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in failed.items())
+        raise UserError(
+            f"no request succeeded ({reasons}); check --base-url and that the provider is up, then run the same "
+            f"command again (the journal keeps whatever finishes)."
+        )
+
+
+USAGE_NOTE = (
+    "tokens of the replies in the journal; a reply that a killed run received but never journalled is not "
+    "counted here, though the provider bills it"
+)
 
 
 def sum_usage(done_records) -> dict:

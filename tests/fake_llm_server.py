@@ -5,10 +5,14 @@ do on good and bad days. Each request gets one mode: the next one from `queue` i
 random fault with probability `fault_rate` (seeded), else `mode`.
 
 HTTP modes:    429 (with Retry-After), 500, slow (sleeps `slow_seconds`, past the client's timeout),
-               malformed (a 200 whose JSON body is cut off)
+               malformed (a 200 whose JSON body is cut off), trickle (the body one byte every
+               `slow_seconds` / 10, each read well within a timeout but the whole far past it),
+               400_echo (a 400 whose message echoes the request's API key, as some proxies do)
 Content modes: json, fenced (```json ...```), garbage (no JSON), think (<think>...</think> inline),
                reasoning_content (thoughts in the message field), length (finish_reason "length"),
-               with_rejects (generation only: an empty, a non-English and one surplus item)
+               with_rejects (generation only: an empty, a non-English and one surplus item),
+               prose (reasoning as plain prose before the answer, no <think> tags),
+               control (NUL and ESC characters in the generated queries or the judge's reason)
 
 Generation requests (step 1) are answered with as many unique English queries as the prompt asks
 for ("exactly N"). Judge requests (step 2, the user message holds <query>...</query>) get a verdict
@@ -95,10 +99,13 @@ class FakeLLMServer:
             thoughts = f"The query says: {text}. I must judge it as data."
             lowered = text.lower()
             label = any(w in lowered for w in LOGISTICS_WORDS) and not any(w in lowered for w in ATTACK_WORDS)
-            answer = json.dumps({"label": label, "reason": "keyword policy"})
+            reason = "keyword policy\x00\x1b[2J" if mode == "control" else "keyword policy"
+            answer = json.dumps({"label": label, "reason": reason})
         else:
             wanted = int(re.search(r"exactly (\d+)", user).group(1))
             texts = [self.unique_text() for _ in range(wanted)]
+            if mode == "control":
+                texts = [f"{text}\x00\x1b[31m" for text in texts]
             if mode == "with_rejects":
                 texts[:2] = ["", "这是一个关于天气的问题吗"]
                 texts.append(self.unique_text())
@@ -109,6 +116,8 @@ class FakeLLMServer:
             message["content"] = f"Here you go:\n```json\n{answer}\n```\nAnything else?"
         elif mode == "garbage":
             message["content"] = "Sorry, I cannot help with that request today."
+        elif mode == "prose":
+            message["content"] = f"{thoughts} Final answer: {answer}"
         elif mode == "think":
             message["content"] = f"<think>{thoughts}</think>\n{answer}"
         elif mode == "reasoning_content":
@@ -156,6 +165,19 @@ class FakeLLMServer:
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                elif mode == "400_echo":
+                    key = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    self.reply(400, {"error": {"message": f"invalid request for key {key}: model unknown"}})
+                elif mode == "trickle":
+                    data = json.dumps(server.completion(body, "json")).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for i in range(len(data)):
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(server.slow_seconds / 10)
                 elif mode == "slow":
                     time.sleep(server.slow_seconds)
                     self.reply(200, server.completion(body, "json"))

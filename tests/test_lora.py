@@ -9,7 +9,9 @@ import pytest
 import torch
 from conftest import load_script
 
-from common import TASKS, load_trained_classifier
+from common import TASKS
+
+load_trained_classifier = load_script("inference/4_inference.py").load_trained_classifier
 
 QUERIES = [
     "where is my parcel 1Z999AA10123456784",

@@ -251,3 +251,19 @@ def test_default_command_offline_fails_fast_with_one_sentence(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: cannot reach the Hugging Face Hub")
     assert "--model ./ModernBERT-base" in done.stderr
+
+
+def test_the_same_seed_trains_the_same_weights(tiny_modernbert, small_data, tmp_path):
+    # The new classification head is initialised from the seed, so two runs of one command agree
+    # to the last bit; another seed gives other weights, or the check could not fail.
+    from safetensors.torch import load_file
+
+    finetune = load_script("model_train/3_modern_bert_finetune.py")
+    argv = ["--model", str(tiny_modernbert), "--data", str(small_data), "--epochs", "1", "--batch-size", "32"]
+    weights = []
+    for run, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        finetune.main(argv + ["--output-dir", str(tmp_path / run), "--seed", seed])
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(weights[0][name].equal(weights[1][name]) for name in weights[0])
+    assert not all(weights[0][name].equal(weights[2][name]) for name in weights[0])

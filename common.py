@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-# ---- Tasks. Each classifier is one entry that describes itself; code branches on an entry's
-# fields (its kind, its group column), never on its name.
+# ---- Tasks: each classifier is one entry that describes itself; code reads its fields, never its name.
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,7 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-# ---- Errors a user can cause end in one sentence, not a traceback. Settings come from flags, then
-# environment variables, then one env file: --env-file, by default .env in the working directory.
+# ---- Errors a user can cause end in one sentence. Settings: a flag, else the environment, else --env-file.
 
 
 class UserError(Exception):
@@ -203,17 +201,19 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def read_workbook(path: Path) -> pd.DataFrame:
-    """The first sheet of an .xlsx; a formula cell is refused, as its text would otherwise read as empty."""
+    """The first sheet of an .xlsx, in one pass; a formula cell is refused, as its text would read as empty."""
     import openpyxl
 
-    rows = openpyxl.load_workbook(path, read_only=True).worksheets[0].iter_rows()
-    formula = next((cell for row in rows for cell in row if cell.data_type == "f"), None)
-    if formula is not None:
-        raise UserError(
-            f"cell {formula.coordinate} of {path.name} holds the formula {str(formula.value)[:40]!r}, not text; "
-            f"type the text itself (a leading apostrophe keeps '=' as text)."
-        )
-    return pd.read_excel(path, keep_default_na=False)
+    rows = []
+    for row in openpyxl.load_workbook(path, read_only=True).worksheets[0].iter_rows():
+        formula = next((cell for cell in row if cell.data_type == "f"), None)
+        if formula is not None:
+            raise UserError(
+                f"cell {formula.coordinate} of {path.name} holds the formula {str(formula.value)[:40]!r}, not "
+                f"text; type the text itself (a leading apostrophe keeps '=' as text)."
+            )
+        rows.append(["" if cell.value is None else cell.value for cell in row])
+    return pd.DataFrame(rows[1:], columns=rows[0] if rows else None)
 
 
 def parse_bool(value) -> bool | None:
@@ -361,10 +361,7 @@ def group_accuracy(categories: pd.Series, correct: pd.Series) -> dict[str, dict]
     """Accuracy per group: the part of a category before "/" (logistics, off_topic, ... for the guardrail)."""
     groups = categories.astype(str).str.partition("/")[0]
     table = pd.DataFrame({"group": groups, "correct": correct.astype(bool)}).groupby("group")["correct"]
-    return {
-        g: {"accuracy": float(acc), "n": int(n)}
-        for g, acc, n in zip(table.mean().index, table.mean(), table.size(), strict=True)
-    }
+    return {group: {"accuracy": float(part.mean()), "n": len(part)} for group, part in table}
 
 
 # ---- Models: resolve a hub id or local directory, failing fast when offline, and load a trained one.

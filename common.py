@@ -1,8 +1,9 @@
 """What the numbered scripts of more than one folder share: the task registry, errors and the CLI,
-table I/O and validation, the split, metrics, model resolution and loading, and run metadata.
+table I/O and validation, the split, metrics, model resolution, and run metadata.
 
 What only one folder's scripts share sits beside them: the LLM client and the labelling taxonomy in
-data_process/, the fine-tuning helpers of step 3 and LoRA in model_train/training.py.
+data_process/, the fine-tuning helpers of step 3 and LoRA in model_train/training.py, loading a
+trained model (full, merged or LoRA adapter) in inference/.
 """
 
 from __future__ import annotations
@@ -142,11 +143,10 @@ def get_parser(config_classes, description: str | None = None):
     return HfArgumentParser(config_classes, description=description, formatter_class=Formatter)
 
 
-def parse_config(config_classes, argv=None, description: str | None = None):
-    """Parse command-line flags into one config dataclass (or a tuple of them); `--help` documents every field."""
-    parser = get_parser(config_classes, description)
-    configs = parser.parse_args_into_dataclasses(args=argv)
-    return configs if isinstance(config_classes, (tuple, list)) else configs[0]
+def parse_config(config_class, argv=None, description: str | None = None):
+    """Parse command-line flags into a config dataclass; `--help` documents every field."""
+    (config,) = get_parser(config_class, description).parse_args_into_dataclasses(args=argv)
+    return config
 
 
 ENV_FILE_HELP = (
@@ -163,9 +163,11 @@ def load_env_file(path: str | Path) -> None:
 
 
 def get_hf_token(env_file: str | Path = ".env") -> str | None:
-    """The blog's variable `hf_token` (or the standard HF_TOKEN), from the environment or the env file."""
-    load_env_file(env_file)
-    return os.environ.get("hf_token") or os.environ.get("HF_TOKEN") or None  # noqa: SIM112 - the blog's name
+    """The blog's variable `hf_token` (or the standard HF_TOKEN): from the environment, else the env file."""
+    names = ("hf_token", "HF_TOKEN")  # noqa: SIM112 - hf_token is the blog's name
+    if not any(os.environ.get(name) for name in names):
+        load_env_file(env_file)
+    return next((os.environ[name] for name in names if os.environ.get(name)), None)
 
 
 # ---- Data: read, validate, split.
@@ -204,15 +206,19 @@ def read_workbook(path: Path) -> pd.DataFrame:
     """The first sheet of an .xlsx, in one pass; a formula cell is refused, as its text would read as empty."""
     import openpyxl
 
-    rows = []
-    for row in openpyxl.load_workbook(path, read_only=True).worksheets[0].iter_rows():
+    rows, workbook = [], openpyxl.load_workbook(path, read_only=True)
+    for row in workbook.worksheets[0].iter_rows():
         formula = next((cell for cell in row if cell.data_type == "f"), None)
         if formula is not None:
+            workbook.close()
             raise UserError(
                 f"cell {formula.coordinate} of {path.name} holds the formula {str(formula.value)[:40]!r}, not "
                 f"text; type the text itself (a leading apostrophe keeps '=' as text)."
             )
-        rows.append(["" if cell.value is None else cell.value for cell in row])
+        values = ["" if cell.value is None else cell.value for cell in row]
+        if any(value != "" for value in values):  # blank (or only formatted) rows are skipped, as pandas does
+            rows.append(values)
+    workbook.close()
     return pd.DataFrame(rows[1:], columns=rows[0] if rows else None)
 
 
@@ -364,7 +370,7 @@ def group_accuracy(categories: pd.Series, correct: pd.Series) -> dict[str, dict]
     return {group: {"accuracy": float(part.mean()), "n": len(part)} for group, part in table}
 
 
-# ---- Models: resolve a hub id or local directory, failing fast when offline, and load a trained one.
+# ---- Models: resolve a hub id or local directory, failing fast when offline.
 
 
 def resolve_model(name_or_path: str, token: str | None = None) -> dict:

@@ -128,10 +128,14 @@ def build_messages(text: str) -> list[dict]:
 def parse_verdict(answer: str) -> tuple[bool | None, str]:
     """(label, reason) from the judge's answer (reasoning already removed); label None if it is not there.
 
-    The verdict is the answer's last JSON object: JSON quoted earlier (from the row) must not win.
+    The verdict is the answer's last JSON object with a true/false label: JSON quoted earlier (from
+    the row) must not win, and stray JSON after it does not count.
     """
-    data = llm_client.extract_json(answer, last=True)
-    if not isinstance(data, dict) or parse_bool(data.get("label")) is None:
+    verdicts = [
+        v for v in llm_client.json_values(answer) if isinstance(v, dict) and parse_bool(v.get("label")) is not None
+    ]
+    data = verdicts[-1] if verdicts else None
+    if data is None:
         return None, "unparsed: no JSON object with a true/false label in the reply"
     return parse_bool(data["label"]), str(data.get("reason", ""))
 

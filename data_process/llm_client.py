@@ -55,8 +55,9 @@ class ProviderConfig:
     request_timeout: float = field(
         default=120.0,
         metadata={
-            "help": "Seconds one HTTP attempt may take, from sending the request to the last byte of the reply, "
-            "before it is abandoned and retried."
+            "help": "Seconds an HTTP attempt may take before it is abandoned and retried. Each read is bounded "
+            "by it, and so is the whole reply body from the moment the request was sent; a read that stalls "
+            "past the deadline is cut by its own read timeout, so an attempt ends within about twice this."
         },
     )
     parse_retries: int = field(default=1, metadata={"help": "Times to re-ask when a reply holds no usable JSON."})
@@ -255,22 +256,14 @@ def split_reasoning(message) -> tuple[str, str]:
     return reasoning, THINK_BLOCK.sub("", content).strip()
 
 
-def extract_json(text: str, last: bool = False):
-    """A JSON object or array in a reply: bare, inside ``` fences, or amid prose; None if there is none.
-
-    The first one by default (step 1's list of queries). With last=True the last top-level one: a judge
-    that reasons in plain prose may quote JSON from the row it judges before it gives its own verdict.
-    """
+def json_values(text: str) -> list:
+    """Every top-level JSON object or array in a reply, in order: the whole reply if it is JSON, else each
+    one found amid prose (inside ``` fences or not)."""
     text = text.strip()
     try:
-        return json.loads(text)
+        return [json.loads(text)]
     except json.JSONDecodeError:
         pass
-    for candidate in FENCED_BLOCK.findall(text) if not last else ():
-        try:
-            return json.loads(candidate)
-        except json.JSONDecodeError:
-            pass
     found, decoder, start = [], json.JSONDecoder(), 0
     while (match := JSON_START.search(text, start)) is not None:
         try:
@@ -278,11 +271,21 @@ def extract_json(text: str, last: bool = False):
         except json.JSONDecodeError:
             start = match.start() + 1
             continue
-        if not last:
-            return value
         found.append(value)
         start = end
-    return found[-1] if found else None
+    return found
+
+
+def extract_json(text: str):
+    """Step 1's list of queries: the whole reply if it is JSON, else the first ``` fenced block that is,
+    else the first JSON amid prose; None if there is none."""
+    for block in FENCED_BLOCK.findall(text):
+        try:
+            return json.loads(block)
+        except json.JSONDecodeError:
+            pass
+    values = json_values(text)
+    return values[0] if values else None
 
 
 class Journal:

@@ -217,10 +217,13 @@ def main(argv=None) -> dict:
         return {"text": config.text, "label": label, "score": float(probs.max())}
 
     # ---- example queries ----
-    print("example queries:")
     examples = list(task.examples)
-    for text, probs in zip(examples, predict(examples, tokenizer, model, device, 8, config.max_length), strict=True):
-        print(f"  {id2label[int(probs.argmax())]:>5} {probs.max():.3f}  {text}")
+    if examples:
+        print("example queries:")
+        for text, probs in zip(
+            examples, predict(examples, tokenizer, model, device, 8, config.max_length), strict=True
+        ):
+            print(f"  {id2label[int(probs.argmax())]:>5} {probs.max():.3f}  {text}")
 
     # ---- evaluate on a labelled file ----
     data_path = config.data or str(Path(config.model) / "test_split.csv")

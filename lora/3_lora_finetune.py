@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
 
     # ---- publish last: adapter, merged model, final results and card ----
     if data_args.push_to_hub:
-        push_folder(out, training_args.hub_model_id, data_args.env_file)
+        push_folder(out, training_args, data_args.env_file)
     return results
 
 

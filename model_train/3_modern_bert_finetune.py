@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
         callbacks=[EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)],
     )
 
-    # ---- train (or continue an interrupted run with --resume) ----
+    # ---- train (or continue an interrupted run with --resume, from its newest complete checkpoint) ----
     checkpoint = find_checkpoint(training_args)  # None unless --resume
     trainer.train(resume_from_checkpoint=checkpoint)
 
@@ -99,6 +99,7 @@ def main(argv=None) -> dict:
     test_metrics = evaluate_on_test(trainer, datasets["test"], splits["test"], task)
 
     # ---- save: model, tokenizer, test_split.csv, training curves, all_results.json, model card ----
+    # (the epoch checkpoints go once the best model is saved: their optimizer states are large)
     out = save_model_and_test_split(trainer, splits["test"], task)
     results = summarize_run(
         trainer, data_args, training_args, test_metrics, splits, started, checkpoint, trainable_parameters=n_params
@@ -110,7 +111,7 @@ def main(argv=None) -> dict:
 
     # ---- publish last, once everything above is on disk ----
     if data_args.push_to_hub:
-        push_folder(out, training_args.hub_model_id, data_args.env_file)
+        push_folder(out, training_args, data_args.env_file)
     return results
 
 

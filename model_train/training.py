@@ -75,7 +75,10 @@ class FinetuneArguments(TrainingArguments):
     output_dir_suffix: ClassVar[str] = ""  # appended to the task's default output folder
 
     output_dir: str | None = field(
-        default=None, metadata={"help": "Where the model is saved (default: the task's, modernbert-llm-router)."}
+        default=None,
+        metadata={
+            "help": "Where the model is saved. Empty: the task's folder, modernbert-llm-router (LoRA adds -lora)."
+        },
     )
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (AdamW)."})
     num_train_epochs: float = field(
@@ -131,9 +134,12 @@ class FinetuneArguments(TrainingArguments):
     def __post_init__(self):
         import torch
 
-        for name in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        for name, flag in (
+            ("per_device_train_batch_size", "batch-size"),
+            ("per_device_eval_batch_size", "eval-batch-size"),
+        ):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1.")
+                raise UserError(f"--{flag} must be at least 1.")
         if not self.learning_rate > 0:
             raise UserError(f"--learning-rate must be above 0 (got {self.learning_rate}).")
         if self.max_steps <= 0 and not self.num_train_epochs > 0:
@@ -142,7 +148,10 @@ class FinetuneArguments(TrainingArguments):
         if self.group_by_length and self.train_sampling_strategy == "random":
             self.train_sampling_strategy = "group_by_length"
         self.dataloader_pin_memory = self.dataloader_pin_memory and torch.cuda.is_available()  # host-to-GPU only
-        super().__post_init__()
+        try:
+            super().__post_init__()
+        except ValueError as error:  # TrainingArguments' own checks (a negative warm-up, clashing strategies)
+            raise UserError(" ".join(str(error).split()).rstrip(".") + "; fix the flag and run again.") from error
 
 
 def use_bf16(choice: str | bool) -> bool:
@@ -312,6 +321,10 @@ def find_checkpoint(training_args: FinetuneArguments) -> str | None:
     """The checkpoint to resume from with --resume: the newest complete one. Without --resume, refuse to
     silently overwrite an unfinished run."""
     out = Path(training_args.output_dir)
+    if training_args.resume_from_checkpoint:  # an explicit folder, as in transformers' own scripts
+        if not is_complete_checkpoint(Path(training_args.resume_from_checkpoint)):
+            raise UserError(f"{training_args.resume_from_checkpoint!r} is not a complete checkpoint folder.")
+        return training_args.resume_from_checkpoint
     folders = sorted(
         out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]) if p.name[11:].isdigit() else -1
     )
@@ -359,7 +372,7 @@ def save_model_and_test_split(trainer, test: pd.DataFrame, task: Task) -> Path:
     )
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)  # the best weights are saved above; optimizer states are GBs
-    plot_training_curves(trainer.state.log_history, task.metric_for_best_model, out / "training_curves.png")
+    plot_training_curves(trainer.state.log_history, trainer.args.metric_for_best_model, out / "training_curves.png")
     return out
 
 
@@ -399,7 +412,8 @@ def summarize_run(
         "task": data_args.task,
         "model": data_args.model,
         "test": test_metrics,
-        "best_validation_f1": trainer.state.best_metric,
+        "best_validation_f1": trainer.state.best_metric,  # the score named by metric_for_best_model
+        "metric_for_best_model": training_args.metric_for_best_model,
         "epochs_trained": trainer.state.epoch,
         "split_sizes": {name: len(part) for name, part in splits.items()},
         "train_runtime_s": next((e["train_runtime"] for e in trainer.state.log_history if "train_runtime" in e), None),
@@ -468,14 +482,17 @@ Wall time {results["wall_time_s"]:.0f} s ({results["timing_covers"]}).
     )
 
 
-def push_folder(folder: str | Path, repo_id: str | None, env_file: str | Path) -> None:
-    """Upload a finished output folder (model, tokenizer, card, results) to the hub."""
-    token = get_hf_token(env_file)
+def push_folder(folder: str | Path, training_args: TrainingArguments, env_file: str | Path) -> None:
+    """Upload a finished output folder (model, tokenizer, card, results) to the hub: the repo
+    --hub_model_id (default: the folder's name), private with --hub_private_repo, token --hub_token
+    or hf_token."""
+    token = training_args.hub_token or get_hf_token(env_file)
     if not token:
         raise UserError("--push-to-hub needs a token: set hf_token in .env (see .env.example).")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    repo = api.create_repo(repo_id or Path(folder).name, exist_ok=True)
+    repo_id = training_args.hub_model_id or Path(folder).name
+    repo = api.create_repo(repo_id, private=training_args.hub_private_repo, exist_ok=True)
     api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), commit_message="Upload fine-tuned classifier")
     print(f"pushed to https://huggingface.co/{repo.repo_id}")

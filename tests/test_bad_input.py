@@ -72,6 +72,20 @@ def test_a_formula_cell_is_named_as_a_formula_not_as_empty_text(tmp_path):
     one_sentence(error)
 
 
+def test_blank_rows_below_the_data_of_a_workbook_are_skipped(tmp_path):
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    sheet = workbook.active
+    sheet.append(["text", "label"])
+    sheet.append(["where is my parcel", True])
+    sheet["A5"].font = openpyxl.styles.Font(bold=True)  # a formatted, empty cell below the data
+    workbook.save(tmp_path / "blank.xlsx")
+    assert common.read_table(tmp_path / "blank.xlsx").to_dict("records") == [
+        {"text": "where is my parcel", "label": True}
+    ]
+
+
 def test_lone_surrogates_in_a_data_file_are_one_sentence(tmp_path):
     path = tmp_path / "surrogate.jsonl"
     path.write_text('{"text": "where is my parcel", "label": true}\n{"text": "bad \\udcff byte", "label": false}\n')
@@ -115,9 +129,10 @@ def test_broken_model_directories_say_what_is_missing(tiny_modernbert, tmp_path)
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--batch-size", "0"], "per_device_train_batch_size must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
         (["--learning-rate=-1e-5"], "learning-rate must be above 0"),
         (["--epochs", "0"], "--epochs must be above 0"),
+        (["--warmup-ratio=-1"], "warmup_steps >= 0; fix the flag"),  # TrainingArguments' own check
     ],
 )
 def test_step3_refuses_flags_that_cannot_train(flags, message, tiny_modernbert, small_data, tmp_path):

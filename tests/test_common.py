@@ -188,5 +188,6 @@ def test_env_file_is_the_one_given_never_one_found_in_a_parent_folder(monkeypatc
     assert common.get_hf_token() is None  # ./.env of the working directory only
     (tmp_path / "sub" / "other.env").write_text("hf_token=from_flag_file\n")
     assert common.get_hf_token("other.env") == "from_flag_file"
-    monkeypatch.setenv("hf_token", "from_environment")  # the environment wins over the file
+    monkeypatch.delenv("hf_token")
+    monkeypatch.setenv("HF_TOKEN", "from_environment")  # the environment wins over the file, either name
     assert common.get_hf_token("other.env") == "from_environment"

@@ -71,7 +71,13 @@ def test_model_card_snippet_of_an_adapter_gives_the_blog_labels(lora_run):
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
     namespace = {}
     exec(snippet.replace("classifier(", "prediction = classifier(", 1), namespace)
-    assert namespace["prediction"][0]["label"] in {"True", "False"}
+    prediction = namespace["prediction"][0]
+    assert prediction["label"] in {"True", "False"}
+    # and it is the trained head that answers, not a fresh one: the same probability as step 4's loader
+    tokenizer, model = load_trained_classifier(str(out), TASKS["guardrail"])
+    query = snippet.split("classifier(", 1)[1].split(", truncation", 1)[0].strip("'\"")
+    probabilities = torch.softmax(logits(tokenizer, model, [query])[0], dim=-1)
+    assert prediction["score"] == pytest.approx(probabilities.max().item(), abs=1e-5)
 
 
 def test_lora_run_writes_adapter_results_and_merged_model(lora_run):

@@ -198,3 +198,8 @@ def test_control_characters_in_a_judge_reason_are_escaped_in_the_review_table(tm
         review.main(flags(server, tmp_path, data))
     reason = pd.read_excel(tmp_path / "rev.xlsx", keep_default_na=False)["reason"].tolist()
     assert reason == ["keyword policy\\x00\\x1b[2J"]
+
+
+def test_stray_json_after_the_verdict_does_not_replace_it():
+    assert review.parse_verdict('{"label": false, "reason": "attack"} (see [1])') == (False, "attack")
+    assert review.parse_verdict('verdict: {"label": true} and nothing else {}')[0] is True

@@ -59,7 +59,7 @@ def test_push_needs_a_token(monkeypatch, tmp_path):
     monkeypatch.delenv("hf_token", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(UserError, match="set hf_token in .env"):
-        push_folder(tmp_path, None, env_file=tmp_path / "no.env")
+        push_folder(tmp_path, FinetuneArguments(output_dir=str(tmp_path)), env_file=tmp_path / "no.env")
 
 
 def test_push_uploads_the_output_folder_with_the_token_from_the_env_file(monkeypatch, tmp_path):
@@ -71,8 +71,8 @@ def test_push_uploads_the_output_folder_with_the_token_from_the_env_file(monkeyp
         def __init__(self, token):
             calls["token"] = token
 
-        def create_repo(self, repo_id, exist_ok):
-            calls["repo"] = repo_id
+        def create_repo(self, repo_id, private, exist_ok):
+            calls["repo"] = (repo_id, private)
             return type("Repo", (), {"repo_id": f"someone/{repo_id}"})()
 
         def upload_folder(self, repo_id, folder_path, commit_message):
@@ -82,9 +82,10 @@ def test_push_uploads_the_output_folder_with_the_token_from_the_env_file(monkeyp
     monkeypatch.delenv("HF_TOKEN", raising=False)
     (tmp_path / "settings.env").write_text("hf_token=hf_test_token\n")
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    push_folder(tmp_path / "my-router", None, env_file=tmp_path / "settings.env")
+    _, args = parse_args(FinetuneArguments, ["--output_dir", str(tmp_path / "my-router"), "--hub_private_repo", "true"])
+    push_folder(tmp_path / "my-router", args, env_file=tmp_path / "settings.env")
     assert calls == {
         "token": "hf_test_token",
-        "repo": "my-router",
+        "repo": ("my-router", True),
         "upload": ("someone/my-router", str(tmp_path / "my-router")),
     }

@@ -3,41 +3,52 @@
     uv run inference/4_inference.py                                  # modernbert-llm-router/ on its test split
     uv run inference/4_inference.py --model DIR --data other.xlsx    # any model directory, any labelled file
     uv run inference/4_inference.py --text "Where is my parcel?"     # classify one query
+    uv run inference/4_inference.py --backend onnx-int8              # the model exported by step 5
+    uv run inference/4_inference.py --compare-backends               # time every backend, one after another
 
 Writes, next to the model: inference_results.json (metrics, accuracy per category group, latency,
-device, versions) and misclassified.csv; and images/confusion_matrix.png.
+device, versions) and misclassified.csv; and images/confusion_matrix.png. --compare-backends also
+writes backend_comparison.json.
 
 Latency is measured the way a server sees it: tokenize + forward for one query at a time
 (batch size 1), after warm-up runs, with a device sync before each clock read on GPU, over many
-runs, reported as p50/p95/p99. Throughput is queries per second in batches.
+runs, reported as p50/p95/p99. Throughput is queries per second in batches, sorted by length so
+that padding does not dominate.
 """
 
-import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from backends import (
+    BACKENDS,
+    load_trained_classifier,
+    onnx_classifier,
+    pick_device,
+    query_of_tokens,
+    time_batch1,
+    time_throughput,
+    torch_classifier,
+)
 
 from common import (
     ENV_FILE_HELP,
     LONE_SURROGATE,
     TASKS,
-    Task,
     UserError,
     classification_metrics,
-    get_hf_token,
     get_run_info,
     get_task,
     group_accuracy,
     parse_config,
     print_metrics,
     read_table,
-    resolve_model,
     run_cli,
     validate_frame,
     write_json,
 )
+
+LLM_CALL_MS = 1000  # the blog's figure for one LLM API round trip, for scale; not measured here
 
 
 @dataclass
@@ -58,7 +69,18 @@ class InferenceConfig:
         metadata={"help": "Truncate queries to this many tokens (default: the length the model was trained for)."},
     )
     batch_size: int = field(default=32, metadata={"help": "Batch size for evaluation and for the throughput run."})
-    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda."})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available), cpu or cuda (torch backend)."})
+    backend: str = field(
+        default="torch",
+        metadata={
+            "help": "torch, or onnx / onnx-int8 (exported by inference/5_export_onnx.py).",
+            "choices": list(BACKENDS),
+        },
+    )
+    compare_backends: bool = field(
+        default=False,
+        metadata={"help": "Time the transformers pipeline and every available backend in this one process."},
+    )
     benchmark: bool = field(default=True, metadata={"help": "Run the latency benchmark (--no-benchmark to skip)."})
     warmup_runs: int = field(default=10, metadata={"help": "Untimed batch-size-1 runs before timing."})
     timed_runs: int = field(default=200, metadata={"help": "Timed batch-size-1 runs (queries cycle through the data)."})
@@ -77,66 +99,10 @@ class InferenceConfig:
             raise UserError("--text holds bytes that are not valid UTF-8; pass the query as UTF-8 text.")
 
 
-def load_trained_classifier(name_or_path: str, task: Task, device: str = "cpu", env_file: str | Path = ".env"):
-    """Tokenizer and eval-mode classifier from a full/merged model or a LoRA adapter directory.
-
-    An adapter directory (it has adapter_config.json) is applied to its base model, rebuilt with
-    the task's labels, so predictions carry the task's label names rather than LABEL_0, LABEL_1.
-    """
-    from transformers import AutoTokenizer
-
-    token = get_hf_token(env_file)
-    if not Path(name_or_path, "adapter_config.json").is_file():
-        source = resolve_model(name_or_path, token)
-        tokenizer = AutoTokenizer.from_pretrained(**source)
-        model = task.model_class.from_pretrained(**source)
-    else:
-        from peft import PeftConfig, PeftModel
-
-        base = resolve_model(PeftConfig.from_pretrained(name_or_path).base_model_name_or_path, token)
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = task.model_class.from_pretrained(
-            **base, num_labels=len(task.labels), id2label=task.id2label, label2id=task.label2id
-        )
-        model = PeftModel.from_pretrained(model, name_or_path)
-    return tokenizer, model.to(device).eval()
-
-
-def pick_device(choice: str) -> str:
-    import torch
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {choice} but torch sees no CUDA GPU here; use --device cpu or auto.")
-    if choice != "cpu" and not choice.startswith("cuda"):
-        raise UserError(f"--device {choice!r} is not one of auto, cpu, cuda.")
-    return choice
-
-
 def printable(text: str) -> str:
     """The text with control, format and line-break characters escaped, so that it cannot forge an output
     line or send terminal escapes: a newline prints as backslash-n, ESC as backslash-x1b."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
-
-
-def predict(texts: list[str], tokenizer, model, device: str, batch_size: int, max_length: int):
-    """Class probabilities for each text, shape (len(texts), n_classes)."""
-    import torch
-
-    probabilities = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(
-                texts[start : start + batch_size],
-                truncation=True,
-                max_length=max_length,
-                padding=True,
-                return_tensors="pt",
-            )
-            logits = model(**batch.to(device)).logits
-            probabilities.append(torch.softmax(logits.float(), dim=-1).cpu())
-    return torch.cat(probabilities).numpy()
 
 
 def plot_confusion_matrix(y_true, y_pred, labels, path: Path, title: str) -> None:
@@ -156,62 +122,103 @@ def plot_confusion_matrix(y_true, y_pred, labels, path: Path, title: str) -> Non
     plt.close(display.figure_)
 
 
-def benchmark(texts: list[str], tokenizer, model, device: str, config: InferenceConfig) -> dict:
-    """Batch-size-1 latency percentiles and batched throughput, after warm-up."""
-    import torch
+def load_classifier(config: InferenceConfig, task, backend: str, device: str):
+    """The trained model behind `backend`, as a backends.Classifier (plus the torch model, for the pipeline)."""
+    if backend == "torch":
+        tokenizer, model = load_trained_classifier(config.model, task, device, config.env_file)
+        max_length = config.max_length or min(tokenizer.model_max_length, 8192)  # step 3 saves its --max-length
+        return torch_classifier(tokenizer, model, device, max_length), model
+    return onnx_classifier(config.model, backend, config.max_length), None
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
 
-    def run_one(text):
-        batch = tokenizer([text], truncation=True, max_length=config.max_length, return_tensors="pt").to(device)
-        model(**batch)
+def benchmark(classifier, texts: list[str], config: InferenceConfig) -> dict:
+    """Batch-1 latency on the real queries and on fixed 16- and 32-token ones; batched throughput."""
+    runs = (config.warmup_runs, config.timed_runs)
+    one = lambda text: classifier.probabilities([text], 1)  # noqa: E731 - a name for the timed call
+    latency = {"batch1_ms": time_batch1(one, texts, *runs, classifier.sync)}
+    for n in (16, 32):
+        latency[f"batch1_ms_{n}_tokens"] = time_batch1(
+            one, [query_of_tokens(classifier.tokenizer, n)], *runs, classifier.sync
+        )
+    many = lambda batch: classifier.probabilities(batch, config.batch_size)  # noqa: E731
+    latency["throughput_qps"] = time_throughput(
+        many, texts, config.batch_size * config.throughput_batches, classifier.sync
+    )
+    latency["throughput_batch_size"] = config.batch_size
+    latency["padded_tokens"], latency["real_tokens"] = classifier.padded_tokens, classifier.real_tokens
+    return latency
 
-    latencies_ms = []
-    with torch.inference_mode():
-        for i in range(config.warmup_runs):
-            run_one(texts[i % len(texts)])
-        for i in range(config.timed_runs):
-            sync()
-            start = time.perf_counter()
-            run_one(texts[i % len(texts)])
-            sync()
-            latencies_ms.append((time.perf_counter() - start) * 1000)
-        batches = [
-            texts[(i * config.batch_size) % len(texts) :][: config.batch_size] for i in range(config.throughput_batches)
-        ]
-        sync()
-        start = time.perf_counter()
-        for batch in batches:
-            predict(batch, tokenizer, model, device, config.batch_size, config.max_length)
-        sync()
-        elapsed = time.perf_counter() - start
-    cuts = statistics.quantiles(latencies_ms, n=100)
-    return {
-        "batch1_ms": {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "mean": statistics.fmean(latencies_ms)},
-        "timed_runs": config.timed_runs,
-        "warmup_runs": config.warmup_runs,
-        "throughput_qps": sum(len(b) for b in batches) / elapsed,
-        "throughput_batch_size": config.batch_size,
-        "mean_tokens_per_query": statistics.fmean(
-            len(tokenizer(t, truncation=True, max_length=config.max_length)["input_ids"]) for t in texts
-        ),
-        "torch_threads": torch.get_num_threads(),
+
+def benchmark_pipeline(model, tokenizer, texts: list[str], config: InferenceConfig, device: str) -> dict:
+    """The same timings for transformers' pipeline(), the baseline every backend is compared with."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
+    options = {"truncation": True, "max_length": config.max_length or min(tokenizer.model_max_length, 8192)}
+    runs = (config.warmup_runs, config.timed_runs)
+    one = lambda text: pipe(text, **options)  # noqa: E731
+    latency = {"batch1_ms": time_batch1(one, texts, *runs)}
+    for n in (16, 32):
+        latency[f"batch1_ms_{n}_tokens"] = time_batch1(one, [query_of_tokens(tokenizer, n)], *runs)
+    many = lambda batch: pipe(batch, batch_size=config.batch_size, **options)  # noqa: E731
+    latency["throughput_qps"] = time_throughput(many, texts, config.batch_size * config.throughput_batches)
+    return latency
+
+
+def compare_backends(config, task, texts, labels, device, report_dir: Path) -> dict:
+    """Time the pipeline and every backend that is available, one after another on the same queries."""
+    torch_backend, model = load_classifier(config, task, "torch", device)
+    rows = {"transformers pipeline": benchmark_pipeline(model, torch_backend.tokenizer, texts, config, device)}
+    for backend in BACKENDS:
+        try:
+            classifier = torch_backend if backend == "torch" else load_classifier(config, task, backend, device)[0]
+        except UserError as missing:
+            print(f"skipping {backend}: {missing}")
+            continue
+        rows[backend] = benchmark(classifier, texts, config)
+        rows[backend]["accuracy"] = float(
+            (classifier.probabilities(texts, config.batch_size).argmax(1) == labels).mean()
+        )
+    base = rows["transformers pipeline"]
+    for row in rows.values():
+        row["speedup_16_tokens"] = base["batch1_ms_16_tokens"]["p50"] / row["batch1_ms_16_tokens"]["p50"]
+        row["throughput_ratio"] = row["throughput_qps"] / base["throughput_qps"]
+        row["vs_llm_call"] = LLM_CALL_MS / row["batch1_ms_16_tokens"]["p50"]
+    comparison = {
+        "model": config.model,
+        "n_queries": len(texts),
+        "backends": rows,
+        "run": get_run_info(("torch", "transformers", "onnxruntime")),
     }
+    write_json(report_dir / "backend_comparison.json", comparison)
+    print(f"\nbackends on {comparison['run']['device']} ({len(texts)} test queries, batch {config.batch_size}):")
+    print(
+        "| backend | p50 real (ms) | p95 real | p99 real | p50 16 tok | p50 32 tok | queries/s | accuracy "
+        "| vs pipeline, 16 tok | vs pipeline, q/s | vs an LLM call (~1,000 ms) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        real = row["batch1_ms"]
+        accuracy = f"{row['accuracy']:.4f}" if "accuracy" in row else "-"
+        print(
+            f"| {name} | {real['p50']:.1f} | {real['p95']:.1f} | {real['p99']:.1f} "
+            f"| {row['batch1_ms_16_tokens']['p50']:.1f} "
+            f"| {row['batch1_ms_32_tokens']['p50']:.1f} | {row['throughput_qps']:.0f} | {accuracy} "
+            f"| {row['speedup_16_tokens']:.1f}x | {row['throughput_ratio']:.1f}x | {row['vs_llm_call']:.0f}x |"
+        )
+    return comparison
 
 
 def main(argv=None) -> dict:
     config = parse_config(InferenceConfig, argv, description=__doc__)
     task = get_task(config.task)
     device = pick_device(config.device)
-    tokenizer, model = load_trained_classifier(config.model, task, device, config.env_file)
-    id2label = model.config.id2label
-    config.max_length = config.max_length or min(tokenizer.model_max_length, 8192)  # step 3 saves its --max-length
+    classifier, _ = load_classifier(config, task, config.backend, device)
+    id2label = task.id2label
 
     # ---- one query ----
     if config.text is not None:
-        probs = predict([config.text], tokenizer, model, device, 1, config.max_length)[0]
+        probs = classifier.probabilities([config.text], 1)[0]
         label = id2label[int(probs.argmax())]
         print(f"{label}\t{probs.max():.4f}\t{printable(config.text)}")
         return {"text": config.text, "label": label, "score": float(probs.max())}
@@ -219,10 +226,8 @@ def main(argv=None) -> dict:
     # ---- example queries ----
     examples = list(task.examples)
     if examples:
-        print("example queries:")
-        for text, probs in zip(
-            examples, predict(examples, tokenizer, model, device, 8, config.max_length), strict=True
-        ):
+        print(f"example queries ({config.backend}):")
+        for text, probs in zip(examples, classifier.probabilities(examples, 8), strict=True):
             print(f"  {id2label[int(probs.argmax())]:>5} {probs.max():.3f}  {text}")
 
     # ---- evaluate on a labelled file ----
@@ -231,7 +236,8 @@ def main(argv=None) -> dict:
         raise UserError(f"{config.model!r} has no test_split.csv; pass --data with a labelled file to evaluate on.")
     frame = validate_frame(read_table(data_path), task, config.text_column, config.label_column, every_class=False)
     texts = frame["text"].tolist()
-    probs = predict(texts, tokenizer, model, device, config.batch_size, config.max_length)
+    probs = classifier.probabilities(texts, config.batch_size)  # batches sorted by length
+    tokens = {"padded": classifier.padded_tokens, "real": classifier.real_tokens}
     predicted = probs.argmax(axis=1)
     metrics = classification_metrics(frame["label_id"], predicted, task.labels)
     correct = pd.Series(predicted == frame["label_id"].to_numpy())
@@ -239,10 +245,8 @@ def main(argv=None) -> dict:
         metrics["by_group"] = group_accuracy(frame[task.group_column], correct)
 
     report_dir = Path(config.model) if Path(config.model).is_dir() else Path(".")
-    misclassified = frame.assign(predicted=[task.labels[i] for i in predicted], score=probs.max(axis=1))[
-        ~correct.to_numpy()
-    ]
-    misclassified.drop(columns=["label_id"]).to_csv(report_dir / "misclassified.csv", index=False)
+    misclassified = frame.assign(predicted=[task.labels[i] for i in predicted], score=probs.max(axis=1))
+    misclassified[~correct.to_numpy()].drop(columns=["label_id"]).to_csv(report_dir / "misclassified.csv", index=False)
     image = Path(config.images_dir) / "confusion_matrix.png"
     plot_confusion_matrix(
         frame["label_id"], predicted, task.labels, image, f"{Path(config.model).name} on {Path(data_path).name}"
@@ -250,28 +254,36 @@ def main(argv=None) -> dict:
 
     results = {
         "model": config.model,
+        "backend": config.backend,
         "data": data_path,
         "n": len(frame),
         "metrics": metrics,
+        "tokens": tokens,
         "confusion_matrix_png": str(image),
     }
     if config.benchmark:
-        results["latency"] = benchmark(texts, tokenizer, model, device, config)
+        results["latency"] = benchmark(classifier, texts, config)
     results["run"] = get_run_info()
     write_json(report_dir / "inference_results.json", results)
 
     # ---- report ----
     print_metrics(metrics, f"{len(frame)} rows from {data_path}")
     print(
-        f"  {len(misclassified)} misclassified rows -> {report_dir / 'misclassified.csv'}; confusion matrix -> {image}"
+        f"  {int((~correct).sum())} misclassified rows -> {report_dir / 'misclassified.csv'}; "
+        f"confusion matrix -> {image}"
     )
+    print(f"  {tokens['real']} real tokens in {tokens['padded']} padded ones (batches sorted by length)")
     if config.benchmark:
         lat = results["latency"]
         print(
-            f"latency on {results['run']['device']}: batch 1 p50 {lat['batch1_ms']['p50']:.1f} ms, "
+            f"latency ({config.backend}) on {results['run']['device']}: batch 1 p50 {lat['batch1_ms']['p50']:.1f} ms, "
             f"p95 {lat['batch1_ms']['p95']:.1f} ms, p99 {lat['batch1_ms']['p99']:.1f} ms; "
             f"batch {config.batch_size}: {lat['throughput_qps']:.0f} queries/s"
         )
+
+    # ---- every backend side by side ----
+    if config.compare_backends:
+        results["comparison"] = compare_backends(config, task, texts, frame["label_id"].to_numpy(), device, report_dir)
     return results
 
 

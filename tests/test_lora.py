@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from backends import load_trained_classifier  # noqa: E402
 from conftest import load_script
 
 from common import TASKS
-
-load_trained_classifier = load_script("inference/4_inference.py").load_trained_classifier
 
 QUERIES = [
     "where is my parcel 1Z999AA10123456784",

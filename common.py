@@ -53,6 +53,7 @@ class Task:
     metric_for_best_model: str = "f1"  # a key of compute_metrics' result, picks the best epoch
     class_weights: tuple[float, ...] | None = None  # weight per class id in the loss; None: plain cross-entropy
     group_column: str | None = None  # accuracy is also reported per "<group>/..." prefix of this column
+    threshold_label: str | None = None  # binary tasks: the class whose probability a decision threshold cuts
     examples: tuple[str, ...] = ()  # shown by step 4 and in the model card
     limitations: str = ""
 
@@ -90,6 +91,7 @@ TASKS = {
         ),
         boolean_labels=True,
         group_column="category",  # logistics/..., off_topic/..., hard_negative/..., attack/...
+        threshold_label="True",  # allow when P("True") >= the threshold that step 4 saves
         examples=(
             "How can I track my package? The number is 1Z999AA10123456784.",
             "What documents do I need to ship a pallet of auto parts from Hamburg to Toronto?",

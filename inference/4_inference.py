@@ -19,6 +19,7 @@ that padding does not dominate.
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from backends import (
     BACKENDS,
@@ -30,6 +31,7 @@ from backends import (
     time_throughput,
     torch_classifier,
 )
+from threshold import choose_threshold, load_threshold, plot_curves, rates, save_threshold
 
 from common import (
     ENV_FILE_HELP,
@@ -77,6 +79,20 @@ class InferenceConfig:
             "choices": list(BACKENDS),
         },
     )
+    max_false_allow: float | None = field(
+        default=None,
+        metadata={
+            "help": "Choose the decision threshold on MODEL/validation_scores.csv so that at most this share of "
+            "blocked-class rows is allowed (e.g. 0.01), save it to MODEL/threshold.json and use it."
+        },
+    )
+    max_false_block: float | None = field(
+        default=None, metadata={"help": "Or choose it for at most this share of allowed-class rows blocked."}
+    )
+    use_threshold: bool = field(
+        default=True,
+        metadata={"help": "Decide with MODEL/threshold.json when it exists (--no-use-threshold: plain argmax)."},
+    )
     compare_backends: bool = field(
         default=False,
         metadata={"help": "Time the transformers pipeline and every available backend in this one process."},
@@ -95,6 +111,11 @@ class InferenceConfig:
         for name in ("batch_size", "timed_runs", "throughput_batches"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1.")
+        if self.max_false_allow is not None and self.max_false_block is not None:
+            raise UserError("give --max-false-allow or --max-false-block, not both.")
+        for name in ("max_false_allow", "max_false_block"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} is a rate: give a number from 0 to below 1.")
         if self.text is not None and LONE_SURROGATE.search(self.text):
             raise UserError("--text holds bytes that are not valid UTF-8; pass the query as UTF-8 text.")
 
@@ -120,6 +141,48 @@ def plot_confusion_matrix(y_true, y_pred, labels, path: Path, title: str) -> Non
     display.figure_.tight_layout()
     display.figure_.savefig(path, dpi=120)
     plt.close(display.figure_)
+
+
+def get_threshold(config: InferenceConfig, task) -> dict | None:
+    """The decision threshold: chosen now on the validation scores if a target is given, else the one
+    saved with the model, else None (argmax)."""
+    if config.max_false_allow is None and config.max_false_block is None:
+        return load_threshold(config.model) if config.use_threshold else None
+    if task.threshold_label is None:
+        raise UserError(f"task {task.name!r} has no class to threshold; drop --max-false-allow / --max-false-block.")
+    path = Path(config.model) / "validation_scores.csv"
+    if not path.is_file():
+        raise UserError(f"{str(path)!r} not found; step 3 writes it (retrain, or pass no threshold target).")
+    validation = read_table(path)
+    scores = validation[f"score_{task.threshold_label}"].to_numpy()
+    allowed = validation["label"].astype(str).to_numpy() == task.threshold_label
+    value = choose_threshold(scores, allowed, config.max_false_allow, config.max_false_block)
+    record = {
+        "label": task.threshold_label,
+        "threshold": value,
+        "chosen_on": str(path),
+        "target": {"max_false_allow": config.max_false_allow, "max_false_block": config.max_false_block},
+        "validation": {"n": len(validation), **rates(scores, allowed, value)},
+    }
+    image = Path(config.images_dir) / "threshold_curves.png"
+    plot_curves(scores, allowed, value, image, f"{Path(config.model).name}, validation split")
+    save_threshold(config.model, record)
+    print(
+        f"threshold {value:.4f} on P({task.threshold_label!r}), chosen on {len(validation)} validation rows: "
+        f"{record['validation']}"
+    )
+    print(f"  saved to {Path(config.model) / 'threshold.json'}; precision-recall and ROC curves -> {image}")
+    return record
+
+
+def decide(probabilities, task, threshold: dict | None):
+    """Class ids: argmax, or for a thresholded task the allow class exactly when its probability reaches
+    the threshold."""
+    if threshold is None:
+        return probabilities.argmax(axis=1)
+    allow_id = task.label2id[threshold["label"]]
+    block_id = 1 - allow_id
+    return np.where(probabilities[:, allow_id] >= threshold["threshold"], allow_id, block_id)
 
 
 def load_classifier(config: InferenceConfig, task, backend: str, device: str):
@@ -215,20 +278,22 @@ def main(argv=None) -> dict:
     device = pick_device(config.device)
     classifier, _ = load_classifier(config, task, config.backend, device)
     id2label = task.id2label
+    threshold = get_threshold(config, task)
 
     # ---- one query ----
     if config.text is not None:
-        probs = classifier.probabilities([config.text], 1)[0]
-        label = id2label[int(probs.argmax())]
-        print(f"{label}\t{probs.max():.4f}\t{printable(config.text)}")
-        return {"text": config.text, "label": label, "score": float(probs.max())}
+        probs = classifier.probabilities([config.text], 1)
+        label = id2label[int(decide(probs, task, threshold)[0])]
+        print(f"{label}\t{probs[0].max():.4f}\t{printable(config.text)}")
+        return {"text": config.text, "label": label, "score": float(probs[0].max()), "threshold": threshold}
 
     # ---- example queries ----
     examples = list(task.examples)
     if examples:
         print(f"example queries ({config.backend}):")
-        for text, probs in zip(examples, classifier.probabilities(examples, 8), strict=True):
-            print(f"  {id2label[int(probs.argmax())]:>5} {probs.max():.3f}  {text}")
+        probabilities = classifier.probabilities(examples, 8)
+        for text, probs, decided in zip(examples, probabilities, decide(probabilities, task, threshold), strict=True):
+            print(f"  {id2label[int(decided)]:>5} {probs.max():.3f}  {text}")
 
     # ---- evaluate on a labelled file ----
     data_path = config.data or str(Path(config.model) / "test_split.csv")
@@ -238,8 +303,12 @@ def main(argv=None) -> dict:
     texts = frame["text"].tolist()
     probs = classifier.probabilities(texts, config.batch_size)  # batches sorted by length
     tokens = {"padded": classifier.padded_tokens, "real": classifier.real_tokens}
-    predicted = probs.argmax(axis=1)
+    predicted = decide(probs, task, threshold)
     metrics = classification_metrics(frame["label_id"], predicted, task.labels)
+    if threshold is not None:
+        allowed = frame["label_id"].to_numpy() == task.label2id[threshold["label"]]
+        scores = probs[:, task.label2id[threshold["label"]]]
+        metrics["threshold"] = {"value": threshold["threshold"], **rates(scores, allowed, threshold["threshold"])}
     correct = pd.Series(predicted == frame["label_id"].to_numpy())
     if task.group_column in frame.columns:
         metrics["by_group"] = group_accuracy(frame[task.group_column], correct)
@@ -268,6 +337,8 @@ def main(argv=None) -> dict:
 
     # ---- report ----
     print_metrics(metrics, f"{len(frame)} rows from {data_path}")
+    if threshold is not None:
+        print(f"  at threshold {threshold['threshold']:.4f}: {metrics['threshold']}")
     print(
         f"  {int((~correct).sum())} misclassified rows -> {report_dir / 'misclassified.csv'}; "
         f"confusion matrix -> {image}"

@@ -47,6 +47,7 @@ from model_train.training import (
     summarize_run,
     tokenize_splits,
     write_model_card,
+    write_validation_scores,
 )
 
 # Which linear layers get adapters, by model family (config.model_type).
@@ -140,6 +141,7 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=checkpoint)
     test_metrics = evaluate_on_test(trainer, datasets["test"], splits["test"], task)
     out = save_model_and_test_split(trainer, splits["test"], task)
+    write_validation_scores(trainer, datasets["validation"], splits["validation"], task)  # for step 4's threshold
 
     # ---- optionally fold the adapter into the base weights: a plain model that needs no peft ----
     extra = {"lora_target_modules": targets, "trainable_parameters": trainable, "total_parameters": total}

@@ -8,6 +8,7 @@ seed (near-identical texts never straddle splits), fine-tunes every weight, keep
 best validation F1, and saves to modernbert-llm-router/ a model that
 `pipeline("text-classification", model="modernbert-llm-router")` loads, with:
   test_split.csv      the held-out rows, for inference/4_inference.py
+  validation_scores.csv  the validation rows with the model's scores, for step 4's decision threshold
   all_results.json    test metrics, resolved config, library versions, device, wall time
   training_curves.png loss and validation F1 per epoch
   README.md           the model card
@@ -45,6 +46,7 @@ from model_train.training import (
     summarize_run,
     tokenize_splits,
     write_model_card,
+    write_validation_scores,
 )
 
 
@@ -101,6 +103,7 @@ def main(argv=None) -> dict:
     # ---- save: model, tokenizer, test_split.csv, training curves, all_results.json, model card ----
     # (the epoch checkpoints go once the best model is saved: their optimizer states are large)
     out = save_model_and_test_split(trainer, splits["test"], task)
+    write_validation_scores(trainer, datasets["validation"], splits["validation"], task)  # for step 4's threshold
     results = summarize_run(
         trainer, data_args, training_args, test_metrics, splits, started, checkpoint, trainable_parameters=n_params
     )

@@ -345,18 +345,25 @@ def find_checkpoint(training_args: FinetuneArguments) -> str | None:
     return str(complete[-1])
 
 
-def evaluate_on_test(trainer, test_dataset, test: pd.DataFrame, task: Task) -> dict:
-    """Test metrics of the trainer's (best) model, plus accuracy per group when the task has groups."""
+def predict_split(trainer, dataset, frame: pd.DataFrame):
+    """Class probabilities of the trainer's model for each row of a split, in the split's own row order."""
     import numpy as np
+    import torch
 
-    output = trainer.predict(test_dataset)
+    output = trainer.predict(dataset)
     # With length-grouped batching the Trainer also visits evaluation rows in length order; its
     # batch sampler says which row each prediction belongs to, so predictions line up with the split again.
-    order = np.array([i for batch in trainer.get_test_dataloader(test_dataset).batch_sampler for i in batch])
+    order = np.array([i for batch in trainer.get_test_dataloader(dataset).batch_sampler for i in batch])
+    assert (output.label_ids == frame["label_id"].to_numpy()[order]).all(), "predictions are out of line with the split"
+    probabilities = np.empty(output.predictions.shape)
+    probabilities[order] = torch.softmax(torch.from_numpy(output.predictions).float(), dim=-1).numpy()
+    return probabilities
+
+
+def evaluate_on_test(trainer, test_dataset, test: pd.DataFrame, task: Task) -> dict:
+    """Test metrics of the trainer's (best) model, plus accuracy per group when the task has groups."""
     labels = test["label_id"].to_numpy()
-    assert (output.label_ids == labels[order]).all(), "test predictions are out of line with the test split"
-    predicted = np.empty(len(test), dtype=int)
-    predicted[order] = np.argmax(output.predictions, axis=-1)
+    predicted = predict_split(trainer, test_dataset, test).argmax(axis=1)
     metrics = classification_metrics(labels, predicted, task.labels)
     if task.group_column in test.columns:
         metrics["by_group"] = group_accuracy(test[task.group_column], pd.Series(predicted == labels))
@@ -374,6 +381,16 @@ def save_model_and_test_split(trainer, test: pd.DataFrame, task: Task) -> Path:
         shutil.rmtree(checkpoint)  # the best weights are saved above; optimizer states are GBs
     plot_training_curves(trainer.state.log_history, trainer.args.metric_for_best_model, out / "training_curves.png")
     return out
+
+
+def write_validation_scores(trainer, validation_dataset, validation: pd.DataFrame, task: Task) -> None:
+    """validation_scores.csv: each validation row with the model's probability per class, from which
+    step 4 picks a decision threshold (never from the test split, which stays for reporting)."""
+    probabilities = predict_split(trainer, validation_dataset, validation)
+    scores = validation[["text"]].assign(label=validation["label_id"].map(task.id2label))
+    for i, label in task.id2label.items():
+        scores[f"score_{label}"] = probabilities[:, i]
+    scores.to_csv(Path(trainer.args.output_dir) / "validation_scores.csv", index=False)
 
 
 def plot_training_curves(log_history: list[dict], metric: str, path: str | Path) -> None:

@@ -23,7 +23,9 @@ import numpy as np
 import pandas as pd
 from backends import (
     BACKENDS,
+    compute_floor_ms,
     load_trained_classifier,
+    matmul_gflops,
     onnx_classifier,
     pick_device,
     query_of_tokens,
@@ -247,14 +249,21 @@ def compare_backends(config, task, texts, labels, device, report_dir: Path) -> d
         row["speedup_16_tokens"] = base["batch1_ms_16_tokens"]["p50"] / row["batch1_ms_16_tokens"]["p50"]
         row["throughput_ratio"] = row["throughput_qps"] / base["throughput_qps"]
         row["vs_llm_call"] = LLM_CALL_MS / row["batch1_ms_16_tokens"]["p50"]
+    gflops = matmul_gflops()
+    floor = {"matmul_gflops_fp32": gflops, "ms_16_tokens": compute_floor_ms(model, 16, gflops)}
     comparison = {
         "model": config.model,
+        "compute_floor_fp32": floor,
         "n_queries": len(texts),
         "backends": rows,
         "run": get_run_info(("torch", "transformers", "onnxruntime")),
     }
     write_json(report_dir / "backend_comparison.json", comparison)
     print(f"\nbackends on {comparison['run']['device']} ({len(texts)} test queries, batch {config.batch_size}):")
+    print(
+        f"compute floor (fp32): {floor['ms_16_tokens']:.1f} ms for 16 tokens at this machine's measured "
+        f"{gflops:.0f} GFLOP/s matrix-multiply rate"
+    )
     print(
         "| backend | p50 real (ms) | p95 real | p99 real | p50 16 tok | p50 32 tok | queries/s | accuracy "
         "| vs pipeline, 16 tok | vs pipeline, q/s | vs an LLM call (~1,000 ms) |"

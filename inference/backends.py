@@ -171,6 +171,29 @@ def query_of_tokens(tokenizer, n_tokens: int) -> str:
     return text
 
 
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """This machine's measured fp32 matrix-multiply rate in torch, in GFLOP/s (best of `repeats`)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def compute_floor_ms(model, n_tokens: int, gflops: float) -> float:
+    """The fp32 time one query of n_tokens cannot beat on this machine: 2 FLOPs per weight per token for
+    every weight outside the embeddings (which are a lookup), at the measured matmul rate."""
+    import torch
+
+    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    weights = sum(p.numel() for p in model.parameters()) - embedding
+    return 2 * weights * n_tokens / (gflops * 1e9) * 1000
+
+
 def percentiles(latencies_ms: list[float]) -> dict:
     cuts = statistics.quantiles(latencies_ms, n=100)
     return {"p50": cuts[49], "p95": cuts[94], "p99": cuts[98], "mean": statistics.fmean(latencies_ms)}

@@ -61,3 +61,7 @@ def test_step4_runs_the_int8_model_and_compares_every_backend(exported, tmp_path
     assert all(0 < row["batch1_ms_16_tokens"]["p50"] <= row["batch1_ms_16_tokens"]["p99"] for row in rows.values())
     assert rows["onnx"]["accuracy"] == rows["torch"]["accuracy"]  # the same predictions, fp32 both
     assert (model / "backend_comparison.json").is_file()
+    assert (
+        comparison["compute_floor_fp32"]["matmul_gflops_fp32"] > 0
+        and comparison["compute_floor_fp32"]["ms_16_tokens"] > 0
+    )

@@ -196,44 +196,57 @@ def load_classifier(config: InferenceConfig, task, backend: str, device: str):
     return onnx_classifier(config.model, backend, config.max_length), None
 
 
-def benchmark(classifier, texts: list[str], config: InferenceConfig) -> dict:
-    """Batch-1 latency on the real queries and on fixed 16- and 32-token ones; batched throughput."""
+def time_calls(one, many, tokenizer, texts: list[str], config: InferenceConfig, sync=lambda: None) -> dict:
+    """Batch-1 latency of one(text) on the real queries and on fixed 16- and 32-token ones, and the
+    throughput of many(texts)."""
     runs = (config.warmup_runs, config.timed_runs)
-    one = lambda text: classifier.probabilities([text], 1)  # noqa: E731 - a name for the timed call
-    latency = {"batch1_ms": time_batch1(one, texts, *runs, classifier.sync)}
+    latency = {"batch1_ms": time_batch1(one, texts, *runs, sync)}
     for n in (16, 32):
-        latency[f"batch1_ms_{n}_tokens"] = time_batch1(
-            one, [query_of_tokens(classifier.tokenizer, n)], *runs, classifier.sync
-        )
-    many = lambda batch: classifier.probabilities(batch, config.batch_size)  # noqa: E731
-    latency["throughput_qps"] = time_throughput(
-        many, texts, config.batch_size * config.throughput_batches, classifier.sync
+        latency[f"batch1_ms_{n}_tokens"] = time_batch1(one, [query_of_tokens(tokenizer, n)], *runs, sync)
+    latency["throughput_qps"] = time_throughput(many, texts, config.batch_size * config.throughput_batches, sync)
+    return latency
+
+
+def benchmark(classifier, texts: list[str], config: InferenceConfig) -> dict:
+    """The timings of a backend, with its batches sorted by length."""
+    latency = time_calls(
+        lambda text: classifier.probabilities([text], 1),
+        lambda batch: classifier.probabilities(batch, config.batch_size),
+        classifier.tokenizer,
+        texts,
+        config,
+        classifier.sync,
     )
     latency["throughput_batch_size"] = config.batch_size
     latency["padded_tokens"], latency["real_tokens"] = classifier.padded_tokens, classifier.real_tokens
     return latency
 
 
-def benchmark_pipeline(model, tokenizer, texts: list[str], config: InferenceConfig, device: str) -> dict:
+def benchmark_pipeline(
+    model, tokenizer, max_length: int, texts: list[str], config: InferenceConfig, device: str
+) -> dict:
     """The same timings for transformers' pipeline(), the baseline every backend is compared with."""
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=model, tokenizer=tokenizer, device=device)
-    options = {"truncation": True, "max_length": config.max_length or min(tokenizer.model_max_length, 8192)}
-    runs = (config.warmup_runs, config.timed_runs)
-    one = lambda text: pipe(text, **options)  # noqa: E731
-    latency = {"batch1_ms": time_batch1(one, texts, *runs)}
-    for n in (16, 32):
-        latency[f"batch1_ms_{n}_tokens"] = time_batch1(one, [query_of_tokens(tokenizer, n)], *runs)
-    many = lambda batch: pipe(batch, batch_size=config.batch_size, **options)  # noqa: E731
-    latency["throughput_qps"] = time_throughput(many, texts, config.batch_size * config.throughput_batches)
-    return latency
+    options = {"truncation": True, "max_length": max_length}
+    return time_calls(
+        lambda text: pipe(text, **options),
+        lambda batch: pipe(batch, batch_size=config.batch_size, **options),
+        tokenizer,
+        texts,
+        config,
+    )
 
 
 def compare_backends(config, task, texts, labels, device, report_dir: Path) -> dict:
     """Time the pipeline and every backend that is available, one after another on the same queries."""
     torch_backend, model = load_classifier(config, task, "torch", device)
-    rows = {"transformers pipeline": benchmark_pipeline(model, torch_backend.tokenizer, texts, config, device)}
+    rows = {
+        "transformers pipeline": benchmark_pipeline(
+            model, torch_backend.tokenizer, torch_backend.max_length, texts, config, device
+        )
+    }
     for backend in BACKENDS:
         try:
             classifier = torch_backend if backend == "torch" else load_classifier(config, task, backend, device)[0]

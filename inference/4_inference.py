@@ -1,10 +1,11 @@
-"""Step 4: evaluate a fine-tuned guardrail and benchmark its latency.
+"""Step 4: evaluate a fine-tuned guardrail (or any task's classifier) and benchmark its latency.
 
     uv run inference/4_inference.py                                  # modernbert-llm-router/ on its test split
     uv run inference/4_inference.py --model DIR --data other.xlsx    # any model directory, any labelled file
     uv run inference/4_inference.py --text "Where is my parcel?"     # classify one query
     uv run inference/4_inference.py --backend onnx-int8              # the model exported by step 5
     uv run inference/4_inference.py --compare-backends               # time every backend, one after another
+    uv run inference/4_inference.py --task category --model models/category --data FILE
 
 Writes, next to the model: inference_results.json (metrics, accuracy per category group, latency,
 device, versions) and misclassified.csv; and images/confusion_matrix.png. --compare-backends also
@@ -33,7 +34,7 @@ from backends import (
     time_throughput,
     torch_classifier,
 )
-from threshold import choose_threshold, load_threshold, plot_curves, rates, save_threshold
+from threshold import choose_threshold, detection_metrics, load_threshold, plot_curves, rates, save_threshold
 
 from common import (
     ENV_FILE_HELP,
@@ -41,9 +42,11 @@ from common import (
     TASKS,
     UserError,
     classification_metrics,
+    get_hf_token,
     get_run_info,
     get_task,
     group_accuracy,
+    load_data,
     parse_config,
     print_metrics,
     read_table,
@@ -63,8 +66,10 @@ class InferenceConfig:
         metadata={"help": "Fine-tuned model, merged model or LoRA adapter directory (or hub id)."},
     )
     data: str | None = field(
-        default=None, metadata={"help": "Labelled file to evaluate (default: MODEL/test_split.csv)."}
+        default=None,
+        metadata={"help": "Labelled file or Hugging Face dataset id to evaluate (default: MODEL/test_split.csv)."},
     )
+    data_split: str = field(default="test", metadata={"help": "Split to read when --data is a hub dataset."})
     text: str | None = field(default=None, metadata={"help": "Classify this one query and stop."})
     text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: the task's)."})
     label_column: str | None = field(default=None, metadata={"help": "Column holding the label (default: the task's)."})
@@ -136,8 +141,17 @@ def plot_confusion_matrix(y_true, y_pred, labels, path: Path, title: str) -> Non
     from sklearn.metrics import ConfusionMatrixDisplay
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    side = max(5.0, 0.55 * len(labels) + 2)  # 14 classes get a 10-inch square, so every count stays legible
+    figure, axes = plt.subplots(figsize=(side, side))
     display = ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(range(len(labels))), display_labels=list(labels), cmap="Blues", colorbar=False
+        y_true,
+        y_pred,
+        labels=list(range(len(labels))),
+        display_labels=list(labels),
+        cmap="Blues",
+        colorbar=False,
+        ax=axes,
+        xticks_rotation=45 if len(labels) > 4 else "horizontal",
     )
     display.ax_.set(title=title, xlabel="predicted", ylabel="true")
     display.figure_.tight_layout()
@@ -321,7 +335,8 @@ def main(argv=None) -> dict:
     data_path = config.data or str(Path(config.model) / "test_split.csv")
     if config.data is None and not Path(data_path).is_file():
         raise UserError(f"{config.model!r} has no test_split.csv; pass --data with a labelled file to evaluate on.")
-    frame = validate_frame(read_table(data_path), task, config.text_column, config.label_column, every_class=False)
+    table = load_data(data_path, config.data_split, get_hf_token(config.env_file))
+    frame = validate_frame(table, task, config.text_column, config.label_column, every_class=False)
     texts = frame["text"].tolist()
     probs = classifier.probabilities(texts, config.batch_size)  # batches sorted by length
     tokens = {"padded": classifier.padded_tokens, "real": classifier.real_tokens}
@@ -331,6 +346,9 @@ def main(argv=None) -> dict:
         allowed = frame["label_id"].to_numpy() == task.label2id[threshold["label"]]
         scores = probs[:, task.label2id[threshold["label"]]]
         metrics["threshold"] = {"value": threshold["threshold"], **rates(scores, allowed, threshold["threshold"])}
+    positive = frame["label_id"].to_numpy() == task.label2id.get(task.positive_label, -1)
+    if task.positive_label and 0 < positive.sum() < len(frame):  # a detector, on a file with both classes
+        metrics["detection"] = detection_metrics(probs[:, task.label2id[task.positive_label]], positive)
     correct = pd.Series(predicted == frame["label_id"].to_numpy())
     if task.group_column in frame.columns:
         metrics["by_group"] = group_accuracy(frame[task.group_column], correct)
@@ -359,6 +377,12 @@ def main(argv=None) -> dict:
 
     # ---- report ----
     print_metrics(metrics, f"{len(frame)} rows from {data_path}")
+    if "detection" in metrics:
+        at = metrics["detection"]["recall_at_fpr_0.01"]
+        print(
+            f"  ROC AUC {metrics['detection']['roc_auc']:.4f}; recall of {task.positive_label!r} "
+            f"{at['recall']:.4f} with {at['false_positive_rate']:.2%} of the rest flagged"
+        )
     if threshold is not None:
         print(f"  at threshold {threshold['threshold']:.4f}: {metrics['threshold']}")
     print(

@@ -38,6 +38,24 @@ def choose_threshold(scores: np.ndarray, allowed: np.ndarray, max_false_allow=No
     return float(next(t for t in candidates[::-1] if rates(scores, allowed, t)["false_block_rate"] <= max_false_block))
 
 
+def detection_metrics(scores: np.ndarray, positive: np.ndarray, false_positive_rates=(0.01, 0.05)) -> dict:
+    """For a detector (the jailbreak task): ROC AUC, and the recall it reaches when at most a given share
+    of negatives is flagged. Flagging at P(positive) >= t is the allow rule above with the positive
+    class in the allow role, so its "false allow" rate is the false-positive rate."""
+    from sklearn.metrics import roc_auc_score
+
+    result = {"roc_auc": float(roc_auc_score(positive, scores))}
+    for target in false_positive_rates:
+        threshold = choose_threshold(scores, positive, max_false_allow=target)
+        measured = rates(scores, positive, threshold)
+        result[f"recall_at_fpr_{target:g}"] = {
+            "threshold": threshold,
+            "recall": 1 - measured["false_block_rate"],
+            "false_positive_rate": measured["false_allow_rate"],
+        }
+    return result
+
+
 def save_threshold(model_dir: str | Path, record: dict) -> None:
     Path(model_dir, THRESHOLD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -2,6 +2,7 @@
 
     uv run lora/3_lora_finetune.py
     uv run lora/3_lora_finetune.py --model ./ModernBERT-base --merge   # offline, also save a merged model
+    uv run lora/3_lora_finetune.py --task intent                        # or category, jailbreak
 
 The same story as model_train/3_modern_bert_finetune.py (same data, split, Trainer, metrics and
 outputs, through model_train/training.py); only the model is wrapped with LoRA adapters. Saves to
@@ -21,10 +22,11 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 from common import (
     KINDS,
     UserError,
+    drop_duplicate_texts,
     get_hf_token,
     get_task,
+    load_data,
     print_metrics,
-    read_table,
     resolve_model,
     run_cli,
     split_frame,
@@ -33,6 +35,7 @@ from common import (
 )
 from model_train.training import (
     FinetuneArguments,
+    apply_size_defaults,
     config_record,
     evaluate_on_test,
     find_checkpoint,
@@ -42,6 +45,7 @@ from model_train.training import (
     parse_args,
     print_splits,
     push_folder,
+    resolve_class_weights,
     reveal_tag_characters,
     save_model_and_test_split,
     summarize_run,
@@ -105,12 +109,16 @@ def main(argv=None) -> dict:
     data_args, training_args = parse_args(LoraArguments, argv, __doc__)
     task = get_task(data_args.task)
     print("config:", json.dumps(config_record(data_args, training_args), indent=2, default=str))
-    frame = validate_frame(read_table(data_args.data), task, data_args.text_column, data_args.label_column)
-    print(f"data: {len(frame)} rows from {data_args.data}")
+    hf_token = get_hf_token(data_args.env_file)
+    table = load_data(data_args.data, data_args.data_split, hf_token)
+    frame = drop_duplicate_texts(validate_frame(table, task, data_args.text_column, data_args.label_column))
+    print(f"data: {len(frame)} distinct texts ({len(table) - len(frame)} repeats dropped) from {data_args.data}")
     splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed)
     print_splits(splits, task, training_args.seed)
+    size_defaults = apply_size_defaults(training_args, len(splits["train"]))
+    class_weights = resolve_class_weights(data_args.class_weights, splits["train"]["label_id"], len(task.labels))
     set_seed(training_args.seed)  # before the model is built: the head and the adapters start from it
-    source = resolve_model(data_args.model, get_hf_token(data_args.env_file))
+    source = resolve_model(data_args.model, hf_token)
     tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
     tokenizer.model_max_length = data_args.max_length  # saved with the model, so pipeline() truncates there too
     base = task.model_class.from_pretrained(
@@ -132,7 +140,7 @@ def main(argv=None) -> dict:
         processing_class=tokenizer,
         data_collator=get_data_collator(task, tokenizer),  # pads each batch to its own longest row
         compute_metrics=get_compute_metrics(task),
-        compute_loss_func=get_loss_function(task),
+        compute_loss_func=get_loss_function(class_weights),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)],
     )
 
@@ -145,6 +153,7 @@ def main(argv=None) -> dict:
 
     # ---- optionally fold the adapter into the base weights: a plain model that needs no peft ----
     extra = {"lora_target_modules": targets, "trainable_parameters": trainable, "total_parameters": total}
+    extra |= {"size_defaults": size_defaults, "class_weights": class_weights}
     extra |= {"trainable_percent": 100 * trainable / total}
     extra["adapter_size_mb"] = (out / "adapter_model.safetensors").stat().st_size / 1e6
     if training_args.merge:  # the trainer holds the best epoch's adapters (load_best_model_at_end)

@@ -2,11 +2,13 @@
 
     uv run model_train/3_modern_bert_finetune.py
     uv run model_train/3_modern_bert_finetune.py --model ./ModernBERT-base   # offline, from a local copy
+    uv run model_train/3_modern_bert_finetune.py --task category             # or jailbreak, intent
 
-Reads data/dataset.xlsx (columns text, label), splits it into train / validation / test with a fixed
-seed (near-identical texts never straddle splits), fine-tunes every weight, keeps the epoch with the
-best validation F1, and saves to modernbert-llm-router/ a model that
-`pipeline("text-classification", model="modernbert-llm-router")` loads, with:
+Reads data/dataset.xlsx (columns text, label), or the --task's data (a file or a hub dataset), drops
+repeated texts, splits it into train / validation / test with a fixed seed (near-identical texts never
+straddle splits), fine-tunes every weight with settings that suit the training split's size (flags
+win), keeps the epoch with the best validation F1, and saves to modernbert-llm-router/ (or
+models/TASK/) a model that `pipeline("text-classification", model="modernbert-llm-router")` loads, with:
   test_split.csv      the held-out rows, for inference/4_inference.py
   validation_scores.csv  the validation rows with the model's scores, for step 4's decision threshold
   all_results.json    test metrics, resolved config, library versions, device, wall time
@@ -21,10 +23,11 @@ import time
 from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
 from common import (
+    drop_duplicate_texts,
     get_hf_token,
     get_task,
+    load_data,
     print_metrics,
-    read_table,
     resolve_model,
     run_cli,
     split_frame,
@@ -32,6 +35,7 @@ from common import (
     write_json,
 )
 from model_train.training import (
+    apply_size_defaults,
     config_record,
     evaluate_on_test,
     find_checkpoint,
@@ -41,6 +45,7 @@ from model_train.training import (
     parse_args,
     print_splits,
     push_folder,
+    resolve_class_weights,
     reveal_tag_characters,
     save_model_and_test_split,
     summarize_run,
@@ -58,17 +63,25 @@ def main(argv=None) -> dict:
     task = get_task(data_args.task)
     print("config:", json.dumps(config_record(data_args, training_args), indent=2, default=str))
 
-    # ---- data: read the labelled file and check its columns, texts and labels ----
-    frame = validate_frame(read_table(data_args.data), task, data_args.text_column, data_args.label_column)
-    print(f"data: {len(frame)} rows from {data_args.data}")
+    # ---- data: a labelled file or hub dataset; check columns, texts and labels; drop repeated texts ----
+    hf_token = get_hf_token(data_args.env_file)
+    table = load_data(data_args.data, data_args.data_split, hf_token)
+    frame = drop_duplicate_texts(validate_frame(table, task, data_args.text_column, data_args.label_column))
+    print(f"data: {len(frame)} distinct texts ({len(table) - len(frame)} repeats dropped) from {data_args.data}")
 
     # ---- split: train / validation / test, stratified; near-identical texts share one split ----
     splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed)
     print_splits(splits, task, training_args.seed)
 
+    # ---- settings that follow the training split's size (unless given as flags), and class weights ----
+    size_defaults = apply_size_defaults(training_args, len(splits["train"]))
+    class_weights = resolve_class_weights(data_args.class_weights, splits["train"]["label_id"], len(task.labels))
+    if class_weights:
+        print(f"class weights in the loss: {dict(zip(task.labels, [round(w, 3) for w in class_weights], strict=True))}")
+
     # ---- tokenizer and pretrained encoder, with a new classification head for the task's labels ----
     set_seed(training_args.seed)  # before the model is built: the new head's initial weights come from it
-    source = resolve_model(data_args.model, get_hf_token(data_args.env_file))
+    source = resolve_model(data_args.model, hf_token)
     tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
     tokenizer.model_max_length = data_args.max_length  # saved with the model, so pipeline() truncates there too
     model = task.model_class.from_pretrained(
@@ -89,7 +102,7 @@ def main(argv=None) -> dict:
         processing_class=tokenizer,
         data_collator=get_data_collator(task, tokenizer),  # pads each batch to its own longest row
         compute_metrics=get_compute_metrics(task),
-        compute_loss_func=get_loss_function(task),
+        compute_loss_func=get_loss_function(class_weights),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience)],
     )
 
@@ -105,7 +118,16 @@ def main(argv=None) -> dict:
     out = save_model_and_test_split(trainer, splits["test"], task)
     write_validation_scores(trainer, datasets["validation"], splits["validation"], task)  # for step 4's threshold
     results = summarize_run(
-        trainer, data_args, training_args, test_metrics, splits, started, checkpoint, trainable_parameters=n_params
+        trainer,
+        data_args,
+        training_args,
+        test_metrics,
+        splits,
+        started,
+        checkpoint,
+        trainable_parameters=n_params,
+        size_defaults=size_defaults,
+        class_weights=class_weights,
     )
     write_json(out / "all_results.json", results)
     write_model_card(trainer, task, data_args, results)

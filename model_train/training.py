@@ -46,10 +46,23 @@ class ModelDataArguments:
     model: str = field(
         default="answerdotai/ModernBERT-base", metadata={"help": "Hub id or local directory of the pretrained encoder."}
     )
-    data: str | None = field(default=None, metadata={"help": "Labelled .xlsx/.csv/.jsonl file (default: the task's)."})
+    data: str | None = field(
+        default=None,
+        metadata={"help": "Labelled .xlsx/.csv/.jsonl/.parquet file or Hugging Face dataset id (default: the task's)."},
+    )
+    data_split: str | None = field(
+        default=None, metadata={"help": "Split to read when --data is a hub dataset (default: the task's)."}
+    )
     text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: the task's)."})
     label_column: str | None = field(default=None, metadata={"help": "Column holding the label (default: the task's)."})
     max_length: int = field(default=512, metadata={"help": "Truncate queries to this many tokens."})
+    class_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "Loss weight per class: none, balanced (n_rows / (n_classes * rows of the class), counted on "
+            "the training split) or one number per class in label order, e.g. 1,3 (default: the task's)."
+        },
+    )
     val_size: float = field(default=0.1, metadata={"help": "Fraction of distinct texts held out for validation."})
     test_size: float = field(default=0.1, metadata={"help": "Fraction of distinct texts held out for the test split."})
     env_file: str = field(default=".env", metadata={"help": ENV_FILE_HELP})
@@ -64,6 +77,8 @@ class ModelDataArguments:
     def __post_init__(self):
         task = get_task(self.task)
         self.data = self.data or task.default_data
+        self.data_split = self.data_split or task.data_split
+        self.class_weights = self.class_weights or task.class_weights
         self.text_column = self.text_column or task.text_column
         self.label_column = self.label_column or task.label_column
 
@@ -130,6 +145,8 @@ class FinetuneArguments(TrainingArguments):
     # The Trainer never pushes by itself (it would push checkpoints mid-run); the script publishes
     # once, last: see --push_to_hub.
     push_to_hub: bool = field(default=False, init=False)
+    # The fields the command line set, filled by parse_args; size-adaptive defaults leave them alone.
+    given_flags: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self):
         import torch
@@ -167,16 +184,93 @@ def parse_args(training_class=FinetuneArguments, argv=None, description: str | N
     """(ModelDataArguments, training arguments) from the command line.
 
     The task fills in what the flags leave out: the output folder and the metric that picks the best
-    epoch (and, in ModelDataArguments, the data file and its columns).
+    epoch (and, in ModelDataArguments, the data file and its columns). The training arguments remember
+    which fields the command line set (`given_flags`), so that size-adaptive defaults never override them.
     """
     parser = get_parser((ModelDataArguments, training_class), description)
     flags = parser.parse_args(argv)
     task = get_task(flags.task)
     flags.output_dir = flags.output_dir or task.default_output_dir + training_class.output_dir_suffix
     flags.metric_for_best_model = flags.metric_for_best_model or task.metric_for_best_model
-    return tuple(
+    data_args, training_args = (
         cls(**{f.name: getattr(flags, f.name) for f in fields(cls) if f.init}) for cls in parser.dataclass_types
     )
+    training_args.given_flags = given_flags(parser, argv)
+    return data_args, training_args
+
+
+def given_flags(parser, argv) -> set[str]:
+    """The fields set on the command line, whatever spelling was used (an alias, --no_x, an abbreviation):
+    parsing again with every default suppressed leaves exactly those in the namespace."""
+    import argparse
+
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    parser._defaults.clear()
+    namespace, _ = parser.parse_known_args(argv)
+    return set(vars(namespace))
+
+
+# Training defaults by the size of the training split, as the Semantic Router's trainers choose them:
+# a small set gets more epochs over smaller batches and a gentler learning rate, with more patience
+# before early stopping; from 5,000 rows on, the blog's settings. The learning rate is a multiple of
+# the script's own default (5e-5 for the full fine-tune, 1e-3 for LoRA). Evaluation and checkpoints
+# happen every epoch at every size. A flag given on the command line always wins; nothing is capped.
+SIZE_DEFAULTS = (
+    (
+        "under 1,000 rows",
+        1_000,
+        {
+            "num_train_epochs": 10,
+            "per_device_train_batch_size": 16,
+            "learning_rate": 0.6,
+            "weight_decay": 0.01,
+            "warmup_steps": 0.1,
+            "early_stopping_patience": 3,
+        },
+    ),
+    (
+        "1,000 to 4,999 rows",
+        5_000,
+        {
+            "num_train_epochs": 8,
+            "per_device_train_batch_size": 16,
+            "learning_rate": 1.0,
+            "weight_decay": 0.01,
+            "warmup_steps": 0.1,
+            "early_stopping_patience": 2,
+        },
+    ),
+    (
+        "5,000 rows or more",
+        None,
+        {
+            "num_train_epochs": 5,
+            "per_device_train_batch_size": 32,
+            "learning_rate": 1.0,
+            "weight_decay": 0.01,
+            "warmup_steps": 0.1,
+            "early_stopping_patience": 2,
+        },
+    ),
+)
+
+
+def apply_size_defaults(training_args: FinetuneArguments, n_train: int) -> dict:
+    """Set the size-adaptive defaults that no flag gave; return what was resolved, and from where."""
+    bucket, _, defaults = next(row for row in SIZE_DEFAULTS if row[1] is None or n_train < row[1])
+    given = getattr(training_args, "given_flags", set())
+    script_default = {f.name: f.default for f in fields(type(training_args))}["learning_rate"]
+    defaults = {**defaults, "learning_rate": defaults["learning_rate"] * script_default}
+    for name, value in defaults.items():
+        if name not in given:
+            setattr(training_args, name, value)
+    resolved = {name: getattr(training_args, name) for name in defaults}
+    record = {"train_rows": n_train, "size": bucket, "values": resolved, "from_flags": sorted(given & set(defaults))}
+    print(f"training settings for {n_train} training rows ({bucket}): {resolved}")
+    if record["from_flags"]:
+        print(f"  given on the command line, so kept: {record['from_flags']}")
+    return record
 
 
 def config_record(data_args: ModelDataArguments, training_args: TrainingArguments) -> dict:
@@ -284,14 +378,37 @@ def get_compute_metrics(task: Task):
     return compute_metrics
 
 
-def get_loss_function(task: Task):
-    """compute_loss_func for the Trainer: cross-entropy weighted by the task's class weights; None (the
-    model's own loss) for a task without them."""
-    if task.class_weights is None:
+def resolve_class_weights(spec: str, train_label_ids, n_classes: int) -> tuple[float, ...] | None:
+    """--class-weights as numbers: None for "none"; for "balanced", n_rows / (n_classes * rows of the class)
+    counted on the training split (scikit-learn's rule); else the comma-separated numbers as given."""
+    import numpy as np
+
+    if spec == "none":
+        return None
+    if spec == "balanced":
+        counts = np.bincount(np.asarray(train_label_ids), minlength=n_classes)
+        if (counts == 0).any():
+            raise UserError("--class-weights balanced needs training rows of every class.")
+        return tuple(float(w) for w in len(train_label_ids) / (n_classes * counts))
+    try:
+        weights = tuple(float(w) for w in spec.split(","))
+    except ValueError:
+        weights = ()
+    if len(weights) != n_classes or not all(w > 0 for w in weights):
+        raise UserError(
+            f"--class-weights {spec!r}: give none, balanced, or {n_classes} positive numbers separated by commas."
+        )
+    return weights
+
+
+def get_loss_function(class_weights: tuple[float, ...] | None):
+    """compute_loss_func for the Trainer: cross-entropy weighted per class; None (the model's own loss)
+    without class weights."""
+    if class_weights is None:
         return None
     import torch
 
-    weights = torch.tensor(task.class_weights, dtype=torch.float)
+    weights = torch.tensor(class_weights, dtype=torch.float)
 
     def weighted_cross_entropy(outputs, labels, num_items_in_batch=None):
         logits = outputs["logits"]

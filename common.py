@@ -32,10 +32,20 @@ class Kind:
     data_collator: str
     pipeline_tag: str
     peft_task_type: str
+    pipeline_kwargs: str = ""  # what the model card's pipeline(...) snippet adds
+    call_kwargs: str = ", truncation=True"  # and what its call adds
 
 
 KINDS = {
     "sequence": Kind("AutoModelForSequenceClassification", "DataCollatorWithPadding", "text-classification", "SEQ_CLS"),
+    "token": Kind(
+        "AutoModelForTokenClassification",
+        "DataCollatorForTokenClassification",
+        "token-classification",
+        "TOKEN_CLS",
+        pipeline_kwargs=', aggregation_strategy="simple"',
+        call_kwargs="",
+    ),
 }
 
 
@@ -56,6 +66,9 @@ class Task:
     group_column: str | None = None  # accuracy is also reported per "<group>/..." prefix of this column
     threshold_label: str | None = None  # binary tasks: the class whose probability a decision threshold cuts
     positive_label: str | None = None  # binary detectors: recall is also reported at a fixed false-positive rate
+    split_group_column: str | None = None  # rows sharing this column's value share a split (default: their text)
+    lora_r: int = 8  # LoRA's defaults for this task (flags override)
+    lora_alpha: int = 16
     examples: tuple[str, ...] = ()  # shown by step 4 and in the model card
     limitations: str = ""
 
@@ -72,12 +85,37 @@ class Task:
         return {label: i for i, label in enumerate(self.labels)}
 
     @property
+    def entity_types(self) -> tuple[str, ...]:
+        """A token task's entity types, in label order: B-PERSON and I-PERSON give PERSON."""
+        return tuple(dict.fromkeys(label[2:] for label in self.labels if label != "O"))
+
+    @property
     def model_class(self):
         """The transformers auto class that builds and loads this task's model."""
         import transformers
 
         return getattr(transformers, KINDS[self.kind].auto_model)
 
+
+PII_TYPES = (  # the entity types of Presidio's synthetic PII set
+    "AGE",
+    "CREDIT_CARD",
+    "DATE_TIME",
+    "DOMAIN_NAME",
+    "EMAIL_ADDRESS",
+    "GPE",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "NRP",
+    "ORGANIZATION",
+    "PERSON",
+    "PHONE_NUMBER",
+    "STREET_ADDRESS",
+    "TITLE",
+    "US_DRIVER_LICENSE",
+    "US_SSN",
+    "ZIP_CODE",
+)
 
 MMLU_PRO_DOMAINS = (
     "biology",
@@ -210,6 +248,30 @@ TASKS = {
         limitations=(
             "Trained on about 2,200 English requests written for this project, one intent each; a request "
             "that needs two tools gets one label."
+        ),
+    ),
+    "pii": Task(
+        name="pii",
+        kind="token",
+        labels=("O",) + tuple(f"{prefix}-{t}" for t in PII_TYPES for prefix in ("B", "I")),  # 35 BIO tags
+        default_data="data/pii.jsonl",
+        default_output_dir="models/pii",
+        description=(
+            "Finds personal data in a query, so that it can be masked before the query reaches an LLM: 17 entity "
+            "types (names, phone numbers, email and street addresses, card and IBAN numbers, dates, ...) as BIO "
+            "tags per token, decoded to exact character spans."
+        ),
+        split_group_column="template_id",  # sentences of one template never straddle splits
+        lora_r=32,  # the Semantic Router docs' LoRA settings for PII
+        lora_alpha=64,
+        examples=(
+            "Call Anna Berg on +46 70 123 45 67 about the redelivery.",
+            "Refund to IBAN DE89 3704 0044 0532 0130 00 please, order for john.smith@example.com",
+        ),
+        limitations=(
+            "Trained on synthetic sentences (templates filled by Faker), English only. Names and addresses "
+            "from cultures the fake-data library under-represents are found less often; check recall on your "
+            "own traffic before relying on the masking."
         ),
     ),
 }
@@ -451,28 +513,33 @@ def drop_duplicate_texts(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[~frame["text"].map(normalize_text).duplicated()].reset_index(drop=True)
 
 
-def split_frame(frame: pd.DataFrame, val_size: float, test_size: float, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified train/validation/test split in which near-identical texts share one split.
+def split_frame(
+    frame: pd.DataFrame, val_size: float, test_size: float, seed: int, group_column: str | None = None
+) -> dict[str, pd.DataFrame]:
+    """Train/validation/test split in which near-identical texts (or rows sharing group_column) share one
+    split, stratified by label when the rows have one (`label_id`).
 
-    Rows are grouped by `normalize_text`; whole groups are split, stratified by label,
-    so "Where is my parcel?" and "where is my parcel" never end up on both sides.
+    Rows are grouped by `normalize_text`; whole groups are split, so "Where is my parcel?" and "where
+    is my parcel" never end up on both sides. PII sentences are grouped by their template instead.
     """
     from sklearn.model_selection import train_test_split
 
     if not (0 < val_size < 1 and 0 < test_size < 1 and val_size + test_size < 1):
         raise UserError("--val-size and --test-size must be between 0 and 1 and sum to less than 1.")
-    keys = frame["text"].map(normalize_text)
-    group_labels = frame.groupby(keys)["label_id"].first()
-    groups, labels = group_labels.index.to_numpy(), group_labels.to_numpy()
+    keys = frame[group_column].astype(str) if group_column else frame["text"].map(normalize_text)
+    labelled = "label_id" in frame.columns
+    group_labels = frame.groupby(keys)["label_id" if labelled else "text"].first()
+    groups = group_labels.index.to_numpy()
+    labels = group_labels.to_numpy() if labelled else None
     try:
         rest, test = train_test_split(groups, test_size=test_size, stratify=labels, random_state=seed)
-        rest_labels = group_labels.loc[rest].to_numpy()
+        rest_labels = group_labels.loc[rest].to_numpy() if labelled else None
         train, val = train_test_split(
             rest, test_size=val_size / (1 - test_size), stratify=rest_labels, random_state=seed
         )
     except ValueError as error:
         raise UserError(
-            f"cannot split {len(groups)} distinct texts into train/validation/test ({error}); add more rows."
+            f"cannot split {len(groups)} distinct groups into train/validation/test ({error}); add more rows."
         ) from error
     split_of = {**{g: "train" for g in train}, **{g: "validation" for g in val}, **{g: "test" for g in test}}
     assigned = keys.map(split_of)
@@ -515,6 +582,12 @@ def print_metrics(metrics: dict, what: str) -> None:
         label = metrics["single_class"]
         print(f"\n{what}, all labelled {label!r}: accuracy = recall of {label!r} = {metrics['accuracy']:.4f}")
         print("  (one class only: precision and F1 are not defined, so they are not reported)")
+    elif "micro" in metrics:  # entities of a token task, scored on exact character spans
+        micro = metrics["micro"]
+        print(
+            f"\n{what}: exact-span entity precision {micro['precision']:.4f}, recall {micro['recall']:.4f}, "
+            f"F1 {micro['f1']:.4f} ({micro['support']} entities)"
+        )
     else:
         print(f"\n{what}: accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['weighted']['f1']:.4f}")
     width = max(6, *(len(label) for label in metrics["per_class"]))

@@ -6,6 +6,7 @@
     uv run inference/4_inference.py --backend onnx-int8              # the model exported by step 5
     uv run inference/4_inference.py --compare-backends               # time every backend, one after another
     uv run inference/4_inference.py --task category --model models/category --data FILE
+    uv run inference/4_inference.py --task pii --model models/pii --text "Call Anna Berg on +46 70 123 45 67" --mask
 
 Writes, next to the model: inference_results.json (metrics, accuracy per category group, latency,
 device, versions) and misclassified.csv; and images/confusion_matrix.png. --compare-backends also
@@ -17,6 +18,7 @@ runs, reported as p50/p95/p99. Throughput is queries per second in batches, sort
 that padding does not dominate.
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +56,14 @@ from common import (
     validate_frame,
     write_json,
 )
+from model_train.spans import (
+    mask_text,
+    predict_entities,
+    read_span_file,
+    seqeval_scores,
+    span_metrics,
+    tokenize_with_labels,
+)
 
 LLM_CALL_MS = 1000  # the blog's figure for one LLM API round trip, for scale; not measured here
 
@@ -71,6 +81,9 @@ class InferenceConfig:
     )
     data_split: str = field(default="test", metadata={"help": "Split to read when --data is a hub dataset."})
     text: str | None = field(default=None, metadata={"help": "Classify this one query and stop."})
+    mask: bool = field(
+        default=False, metadata={"help": "pii, with --text: print the text with each entity replaced by [TYPE]."}
+    )
     text_column: str | None = field(default=None, metadata={"help": "Column holding the text (default: the task's)."})
     label_column: str | None = field(default=None, metadata={"help": "Column holding the label (default: the task's)."})
     max_length: int | None = field(
@@ -308,10 +321,91 @@ def compare_backends(config, task, texts, labels, device, report_dir: Path) -> d
     return comparison
 
 
+def find_entities(config: InferenceConfig, task, device: str) -> dict:
+    """Step 4 for a token task (pii): the entities of --text (or the text masked), or exact-span scores on a
+    span file, with misses and false alarms written out, and the latency benchmark."""
+    if config.backend != "torch":
+        raise UserError(f"task {task.name!r} runs on the torch backend only; drop --backend {config.backend}.")
+    tokenizer, model = load_trained_classifier(config.model, task, device, config.env_file)
+    max_length = config.max_length or min(tokenizer.model_max_length, 8192)
+
+    def predict(texts, **options):
+        return predict_entities(model, tokenizer, texts, max_length, task.id2label, config.batch_size, **options)
+
+    # ---- one query: its entities, or the text with each one masked ----
+    if config.text is not None:
+        entities = predict([config.text])[0]
+        if config.mask:
+            print(printable(mask_text(config.text, entities)))
+        for e in [] if config.mask else entities:
+            print(f"{e['label']}\t{e['score']:.4f}\t{e['start']}-{e['end']}\t{printable(e['text'])}")
+        return {"text": config.text, "entities": entities, "masked": mask_text(config.text, entities)}
+
+    # ---- a span file: exact-span scores per type, and seqeval on the tag sequences ----
+    data_path = config.data or str(Path(config.model) / "test_split.jsonl")
+    frame = read_span_file(data_path, task.entity_types)
+    texts, gold = frame["text"].tolist(), frame["spans"].tolist()
+    predicted, predicted_tags = predict(texts, return_tags=True)
+    metrics = span_metrics(gold, predicted, task.entity_types)
+    true_ids = tokenize_with_labels(tokenizer, texts, gold, max_length, task.label2id)["labels"]
+    true_tags = [[task.id2label[i] for i in row if i != -100] for row in true_ids]
+    metrics["seqeval"] = seqeval_scores(true_tags, predicted_tags)
+
+    # ---- what it got wrong, with the text ----
+    report_dir = Path(config.model) if Path(config.model).is_dir() else Path(".")
+    errors = []
+    for text, true_row, predicted_row in zip(texts, gold, predicted, strict=True):
+        true_keys = {(s["start"], s["end"], s["label"]) for s in true_row}
+        predicted_keys = {(e["start"], e["end"], e["label"]) for e in predicted_row}
+        missed = [
+            {**s, "text": text[s["start"] : s["end"]]}
+            for s in true_row
+            if (s["start"], s["end"], s["label"]) not in predicted_keys
+        ]
+        false_alarms = [e for e in predicted_row if (e["start"], e["end"], e["label"]) not in true_keys]
+        if missed or false_alarms:
+            errors.append({"text": text, "missed": missed, "false_alarms": false_alarms})
+    errors_path = report_dir / "span_errors.jsonl"
+    errors_path.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors), encoding="utf-8")
+
+    results = {"model": config.model, "task": task.name, "data": data_path, "n": len(frame), "metrics": metrics}
+    if config.benchmark:
+        runs = (config.warmup_runs, config.timed_runs)
+        results["latency"] = {
+            "batch1_ms": time_batch1(lambda text: predict([text]), texts, *runs),
+            "throughput_qps": time_throughput(predict, texts, config.batch_size * config.throughput_batches),
+        }
+    results["run"] = get_run_info()
+    write_json(report_dir / "inference_results.json", results)
+
+    # ---- report ----
+    micro = metrics["micro"]
+    print(
+        f"\n{len(frame)} texts from {data_path}: exact-span precision {micro['precision']:.4f}, recall "
+        f"{micro['recall']:.4f}, F1 {micro['f1']:.4f} ({micro['support']} entities); seqeval F1 "
+        f"{metrics['seqeval']['f1']:.4f}"
+    )
+    for label, m in metrics["per_class"].items():
+        print(
+            f"  {label:>17}: precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+            f"f1 {m['f1']:.4f}  n={m['support']}"
+        )
+    print(f"  {len(errors)} texts with misses or false alarms -> {errors_path}")
+    if config.benchmark:
+        lat = results["latency"]
+        print(
+            f"latency on {results['run']['device']}: batch 1 p50 {lat['batch1_ms']['p50']:.1f} ms, "
+            f"p95 {lat['batch1_ms']['p95']:.1f} ms; batch {config.batch_size}: {lat['throughput_qps']:.0f} texts/s"
+        )
+    return results
+
+
 def main(argv=None) -> dict:
     config = parse_config(InferenceConfig, argv, description=__doc__)
     task = get_task(config.task)
     device = pick_device(config.device)
+    if task.kind == "token":
+        return find_entities(config, task, device)
     classifier, _ = load_classifier(config, task, config.backend, device)
     id2label = task.id2label
     threshold = get_threshold(config, task)

@@ -22,15 +22,12 @@ from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 from common import (
     KINDS,
     UserError,
-    drop_duplicate_texts,
     get_hf_token,
     get_task,
-    load_data,
     print_metrics,
     resolve_model,
     run_cli,
     split_frame,
-    validate_frame,
     write_json,
 )
 from model_train.training import (
@@ -45,6 +42,7 @@ from model_train.training import (
     parse_args,
     print_splits,
     push_folder,
+    read_training_data,
     resolve_class_weights,
     reveal_tag_characters,
     save_model_and_test_split,
@@ -70,8 +68,13 @@ class LoraArguments(FinetuneArguments):
     learning_rate: float = field(
         default=1e-3, metadata={"help": "Peak learning rate; LoRA wants a higher one than full fine-tuning (5e-5)."}
     )
-    lora_r: int = field(default=8, metadata={"help": "Rank of the adapter matrices."})
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_r: int | None = field(
+        default=None, metadata={"help": "Rank of the adapter matrices (default: the task's, 8; 32 for pii)."}
+    )
+    lora_alpha: int | None = field(
+        default=None,
+        metadata={"help": "LoRA scaling numerator, scale = alpha / r (default: the task's, 16; 64 for pii)."},
+    )
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the adapter input."})
     target_modules: str | None = field(
         default=None,
@@ -94,8 +97,8 @@ def add_lora_adapters(model, task, args: LoraArguments):
         raise UserError(f"no default LoRA targets for model type {model.config.model_type!r}; pass --target-modules.")
     lora = LoraConfig(
         task_type=KINDS[task.kind].peft_task_type,
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha,
+        r=args.lora_r or task.lora_r,
+        lora_alpha=args.lora_alpha or task.lora_alpha,
         lora_dropout=args.lora_dropout,
         target_modules=targets,
     )
@@ -108,15 +111,16 @@ def main(argv=None) -> dict:
     # ---- config, data, split, tokenizer and base model: as in the full fine-tune ----
     data_args, training_args = parse_args(LoraArguments, argv, __doc__)
     task = get_task(data_args.task)
+    training_args.lora_r = training_args.lora_r or task.lora_r  # the task's rank and alpha unless given
+    training_args.lora_alpha = training_args.lora_alpha or task.lora_alpha
     print("config:", json.dumps(config_record(data_args, training_args), indent=2, default=str))
     hf_token = get_hf_token(data_args.env_file)
-    table = load_data(data_args.data, data_args.data_split, hf_token)
-    frame = drop_duplicate_texts(validate_frame(table, task, data_args.text_column, data_args.label_column))
-    print(f"data: {len(frame)} distinct texts ({len(table) - len(frame)} repeats dropped) from {data_args.data}")
-    splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed)
+    frame, n_read = read_training_data(data_args, task, hf_token)
+    print(f"data: {len(frame)} distinct texts ({n_read - len(frame)} repeats dropped) from {data_args.data}")
+    splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed, task.split_group_column)
     print_splits(splits, task, training_args.seed)
     size_defaults = apply_size_defaults(training_args, len(splits["train"]))
-    class_weights = resolve_class_weights(data_args.class_weights, splits["train"]["label_id"], len(task.labels))
+    class_weights = resolve_class_weights(data_args.class_weights, splits["train"].get("label_id"), len(task.labels))
     set_seed(training_args.seed)  # before the model is built: the head and the adapters start from it
     source = resolve_model(data_args.model, hf_token)
     tokenizer = reveal_tag_characters(AutoTokenizer.from_pretrained(**source))
@@ -131,7 +135,7 @@ def main(argv=None) -> dict:
     print(f"LoRA on {targets}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)")
 
     # ---- tokenize, then the same Trainer as the full fine-tune ----
-    datasets = tokenize_splits(splits, tokenizer, data_args.max_length)
+    datasets = tokenize_splits(splits, tokenizer, data_args.max_length, task)
     trainer = Trainer(
         model=model,
         args=training_args,

@@ -23,15 +23,12 @@ import time
 from transformers import AutoTokenizer, EarlyStoppingCallback, Trainer, set_seed
 
 from common import (
-    drop_duplicate_texts,
     get_hf_token,
     get_task,
-    load_data,
     print_metrics,
     resolve_model,
     run_cli,
     split_frame,
-    validate_frame,
     write_json,
 )
 from model_train.training import (
@@ -45,6 +42,7 @@ from model_train.training import (
     parse_args,
     print_splits,
     push_folder,
+    read_training_data,
     resolve_class_weights,
     reveal_tag_characters,
     save_model_and_test_split,
@@ -63,19 +61,18 @@ def main(argv=None) -> dict:
     task = get_task(data_args.task)
     print("config:", json.dumps(config_record(data_args, training_args), indent=2, default=str))
 
-    # ---- data: a labelled file or hub dataset; check columns, texts and labels; drop repeated texts ----
+    # ---- data: a labelled file or hub dataset (a span file for pii); check it; drop repeated texts ----
     hf_token = get_hf_token(data_args.env_file)
-    table = load_data(data_args.data, data_args.data_split, hf_token)
-    frame = drop_duplicate_texts(validate_frame(table, task, data_args.text_column, data_args.label_column))
-    print(f"data: {len(frame)} distinct texts ({len(table) - len(frame)} repeats dropped) from {data_args.data}")
+    frame, n_read = read_training_data(data_args, task, hf_token)
+    print(f"data: {len(frame)} distinct texts ({n_read - len(frame)} repeats dropped) from {data_args.data}")
 
-    # ---- split: train / validation / test, stratified; near-identical texts share one split ----
-    splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed)
+    # ---- split: train / validation / test, stratified; near-identical texts (or one template) share a split ----
+    splits = split_frame(frame, data_args.val_size, data_args.test_size, training_args.seed, task.split_group_column)
     print_splits(splits, task, training_args.seed)
 
     # ---- settings that follow the training split's size (unless given as flags), and class weights ----
     size_defaults = apply_size_defaults(training_args, len(splits["train"]))
-    class_weights = resolve_class_weights(data_args.class_weights, splits["train"]["label_id"], len(task.labels))
+    class_weights = resolve_class_weights(data_args.class_weights, splits["train"].get("label_id"), len(task.labels))
     if class_weights:
         print(f"class weights in the loss: {dict(zip(task.labels, [round(w, 3) for w in class_weights], strict=True))}")
 
@@ -91,7 +88,7 @@ def main(argv=None) -> dict:
     print(f"model: {data_args.model} ({n_params / 1e6:.1f}M parameters, all trained)")
 
     # ---- tokenize: truncate to --max-length; padding happens per batch ----
-    datasets = tokenize_splits(splits, tokenizer, data_args.max_length)
+    datasets = tokenize_splits(splits, tokenizer, data_args.max_length, task)
 
     # ---- Trainer: evaluate every epoch, keep the best epoch by the task's metric, stop early ----
     trainer = Trainer(

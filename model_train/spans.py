@@ -22,27 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import UserError
-
-PII_TYPES = (
-    "AGE",
-    "CREDIT_CARD",
-    "DATE_TIME",
-    "DOMAIN_NAME",
-    "EMAIL_ADDRESS",
-    "GPE",
-    "IBAN_CODE",
-    "IP_ADDRESS",
-    "NRP",
-    "ORGANIZATION",
-    "PERSON",
-    "PHONE_NUMBER",
-    "STREET_ADDRESS",
-    "TITLE",
-    "US_DRIVER_LICENSE",
-    "US_SSN",
-    "ZIP_CODE",
-)
+from common import PII_TYPES, UserError  # noqa: F401 - PII_TYPES is re-exported for callers
 
 
 def bio_labels(types: tuple[str, ...]) -> tuple[str, ...]:
@@ -281,3 +261,35 @@ def tag_sequences(label_ids, predicted_ids, id2label: dict[int, str]) -> tuple[l
         true.append([id2label[int(row_labels[i])] for i in keep])
         pred.append([id2label[int(row_pred[i])] for i in keep])
     return true, pred
+
+
+def predict_entities(
+    model, tokenizer, texts: list[str], max_length: int, id2label, batch_size: int = 32, return_tags: bool = False
+):
+    """The decoded entities of each text: batches through the model, tags by argmax, confidence per token.
+    With return_tags, also each text's predicted tag names, special tokens left out (for seqeval)."""
+    import torch
+
+    entities, tag_rows = [], []
+    for i in range(0, len(texts), batch_size):
+        batch = texts[i : i + batch_size]
+        encoded = tokenizer(
+            batch,
+            truncation=True,
+            max_length=min(max_length, 8192),
+            padding=True,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_tensors="pt",
+        )
+        offsets, special = encoded.pop("offset_mapping").tolist(), encoded.pop("special_tokens_mask")
+        special = (special.bool() | (encoded["attention_mask"] == 0)).tolist()  # padding counts as special
+        with torch.inference_mode():
+            logits = model(**{k: v.to(model.device) for k, v in encoded.items()}).logits
+        scores, tags = logits.float().softmax(-1).max(-1)
+        for j, text in enumerate(batch):
+            entities.append(decode_spans(text, offsets[j], special[j], tags[j].tolist(), scores[j].tolist(), id2label))
+            tag_rows.append(
+                [id2label[int(t)] for t, skip in zip(tags[j].tolist(), special[j], strict=True) if not skip]
+            )
+    return (entities, tag_rows) if return_tags else entities

@@ -26,11 +26,22 @@ from common import (
     Task,
     UserError,
     classification_metrics,
+    drop_duplicate_texts,
     get_hf_token,
     get_parser,
     get_run_info,
     get_task,
     group_accuracy,
+    load_data,
+    validate_frame,
+)
+from model_train.spans import (
+    predict_entities,
+    read_span_file,
+    seqeval_scores,
+    span_metrics,
+    tag_sequences,
+    tokenize_with_labels,
 )
 
 # ---------------------------------------------------------------------------
@@ -283,13 +294,28 @@ def config_record(data_args: ModelDataArguments, training_args: TrainingArgument
 # ---------------------------------------------------------------------------
 
 
+def read_training_data(data_args: ModelDataArguments, task: Task, token: str | None) -> tuple[pd.DataFrame, int]:
+    """The rows to train on, with repeated texts dropped, and how many rows were read: a labelled table
+    (a file or hub dataset) for a sequence task, a span file for a token task."""
+    if task.kind == "token":
+        table = read_span_file(data_args.data, task.entity_types)
+        return drop_duplicate_texts(table), len(table)
+    table = load_data(data_args.data, data_args.data_split, token)
+    frame = validate_frame(table, task, data_args.text_column, data_args.label_column)
+    return drop_duplicate_texts(frame), len(table)
+
+
 def print_splits(splits: dict[str, pd.DataFrame], task: Task, seed: int) -> None:
-    """Label balance per split and three random training rows."""
+    """Label balance per split (entities and templates, for a token task) and three random training rows."""
     for name, part in splits.items():
-        counts = part["label_id"].map(task.id2label).value_counts().to_dict()
+        if "label_id" in part.columns:
+            counts = part["label_id"].map(task.id2label).value_counts().to_dict()
+        else:
+            counts = {"entities": int(part["spans"].map(len).sum()), "templates": part["template_id"].nunique()}
         print(f"  {name:<10} {len(part):>5} rows  {counts}")
     for _, row in splits["train"].sample(3, random_state=seed).iterrows():
-        print(f"  sample: [{task.id2label[row.label_id]}] {row.text[:100]!r}")
+        label = task.id2label[row.label_id] if "label_id" in row else [s["label"] for s in row.spans]
+        print(f"  sample: {label} {row.text[:100]!r}")
 
 
 def reveal_tag_characters(tokenizer):
@@ -321,9 +347,24 @@ def reveal_tag_characters(tokenizer):
     )
 
 
-def tokenize_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int):
-    """A DatasetDict of token ids and labels per split; padding happens per batch in the collator."""
+def tokenize_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int, task: Task | None = None):
+    """A DatasetDict of token ids and labels per split; padding happens per batch in the collator.
+    A token task's labels are one BIO tag per token, aligned by character offsets (model_train/spans.py)."""
     from datasets import Dataset, DatasetDict
+
+    if task is not None and task.kind == "token":
+        return DatasetDict(
+            {
+                name: Dataset.from_dict(
+                    dict(
+                        tokenize_with_labels(
+                            tokenizer, part["text"].tolist(), part["spans"].tolist(), max_length, task.label2id
+                        )
+                    )
+                )
+                for name, part in splits.items()
+            }
+        )
 
     def tokenize(batch):
         return tokenizer(batch["text"], truncation=True, max_length=max_length)
@@ -368,8 +409,18 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 
 
 def get_compute_metrics(task: Task):
-    """compute_metrics for the Trainer: accuracy and weighted/macro precision, recall and F1."""
+    """compute_metrics for the Trainer: accuracy and weighted/macro precision, recall and F1; for a token
+    task, entity-level precision, recall and F1 (seqeval, strict IOB2), so the best epoch is picked by
+    entities found, not by token accuracy."""
     import numpy as np
+
+    if task.kind == "token":
+
+        def entity_metrics(prediction):
+            predicted = np.argmax(prediction.predictions, axis=-1)
+            return seqeval_scores(*tag_sequences(prediction.label_ids, predicted, task.id2label))
+
+        return entity_metrics
 
     def compute_metrics(prediction):
         predicted = np.argmax(prediction.predictions, axis=-1)
@@ -478,7 +529,19 @@ def predict_split(trainer, dataset, frame: pd.DataFrame):
 
 
 def evaluate_on_test(trainer, test_dataset, test: pd.DataFrame, task: Task) -> dict:
-    """Test metrics of the trainer's (best) model, plus accuracy per group when the task has groups."""
+    """Test metrics of the trainer's (best) model, plus accuracy per group when the task has groups. For a
+    token task: exact-span scores of the decoded entities, and seqeval's on the tag sequences."""
+    import numpy as np
+
+    if task.kind == "token":
+        tokenizer, model = trainer.processing_class, trainer.model
+        entities = predict_entities(model, tokenizer, test["text"].tolist(), tokenizer.model_max_length, task.id2label)
+        metrics = span_metrics(test["spans"].tolist(), entities, task.entity_types)
+        output = trainer.predict(test_dataset)
+        metrics["seqeval"] = seqeval_scores(
+            *tag_sequences(output.label_ids, np.argmax(output.predictions, axis=-1), task.id2label)
+        )
+        return metrics
     labels = test["label_id"].to_numpy()
     predicted = predict_split(trainer, test_dataset, test).argmax(axis=1)
     metrics = classification_metrics(labels, predicted, task.labels)
@@ -491,9 +554,12 @@ def save_model_and_test_split(trainer, test: pd.DataFrame, task: Task) -> Path:
     """The best model and its tokenizer, test_split.csv for step 4 and training_curves.png; checkpoints go."""
     out = Path(trainer.args.output_dir)
     trainer.save_model(str(out))  # also saves the tokenizer (processing_class)
-    test.drop(columns=["label_id"]).assign(label=test["label_id"].map(task.id2label)).to_csv(
-        out / "test_split.csv", index=False
-    )
+    if task.kind == "token":  # spans are lists: JSON Lines in our span format, which step 4 reads back
+        test[["text", "spans", "template_id"]].to_json(out / "test_split.jsonl", orient="records", lines=True)
+    else:
+        test.drop(columns=["label_id"]).assign(label=test["label_id"].map(task.id2label)).to_csv(
+            out / "test_split.csv", index=False
+        )
     for checkpoint in out.glob("checkpoint-*"):
         shutil.rmtree(checkpoint)  # the best weights are saved above; optimizer states are GBs
     plot_training_curves(trainer.state.log_history, trainer.args.metric_for_best_model, out / "training_curves.png")
@@ -502,7 +568,10 @@ def save_model_and_test_split(trainer, test: pd.DataFrame, task: Task) -> Path:
 
 def write_validation_scores(trainer, validation_dataset, validation: pd.DataFrame, task: Task) -> None:
     """validation_scores.csv: each validation row with the model's probability per class, from which
-    step 4 picks a decision threshold (never from the test split, which stays for reporting)."""
+    step 4 picks a decision threshold (never from the test split, which stays for reporting). Only a
+    task with a class to threshold needs it."""
+    if task.threshold_label is None:
+        return
     probabilities = predict_split(trainer, validation_dataset, validation)
     scores = validation[["text"]].assign(label=validation["label_id"].map(task.id2label))
     for i, label in task.id2label.items():
@@ -580,6 +649,14 @@ def write_model_card(trainer, task: Task, data_args, results: dict, adapter: boo
     model_id = trainer.args.hub_model_id or str(out)
     labels = f', model_kwargs={{"id2label": {task.id2label}, "label2id": {task.label2id}}}' if adapter else ""
     example = (task.examples or ("Where is my parcel?",))[0]
+    if "micro" in test:  # a token task: entities scored on exact character spans
+        headline = (
+            f"Exact-span entity scores: precision {test['micro']['precision']:.4f}, recall "
+            f"{test['micro']['recall']:.4f}, F1 {test['micro']['f1']:.4f} (seqeval, strict IOB2: F1 "
+            f"{test['seqeval']['f1']:.4f}). Templates never straddle splits."
+        )
+    else:
+        headline = f"Accuracy {test['accuracy']:.4f}, weighted F1 {test['weighted']['f1']:.4f}."
     card = out / "README.md"
     card.write_text(
         card.read_text()
@@ -591,8 +668,8 @@ def write_model_card(trainer, task: Task, data_args, results: dict, adapter: boo
 ```python
 from transformers import pipeline
 
-classifier = pipeline("{KINDS[task.kind].pipeline_tag}", model="{model_id}"{labels})
-classifier({example!r}, truncation=True)
+classifier = pipeline("{KINDS[task.kind].pipeline_tag}", model="{model_id}"{labels}{KINDS[task.kind].pipeline_kwargs})
+classifier({example!r}{KINDS[task.kind].call_kwargs})
 ```
 
 Labels: {", ".join(f'`"{label}"` (id {i})' for i, label in task.id2label.items())}.
@@ -600,7 +677,7 @@ Labels: {", ".join(f'`"{label}"` (id {i})' for i, label in task.id2label.items()
 ## Test results
 
 Held-out test split of `{data_args.data}` ({results["split_sizes"]["test"]} rows; near-identical texts never
-straddle splits). Accuracy {test["accuracy"]:.4f}, weighted F1 {test["weighted"]["f1"]:.4f}.
+straddle splits). {headline}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|

@@ -105,3 +105,32 @@ def test_lora_trains_pii_with_the_docs_settings(pii_data, tiny_modernbert, tmp_p
     finder = pipeline("token-classification", model=str(out / "merged"), aggregation_strategy="simple")
     assert finder.model.config.id2label == PII.id2label
     assert isinstance(pd.DataFrame(finder("Anna Berg, anna@example.com")), pd.DataFrame)
+
+
+def test_pipeline_simple_aggregation_gives_exact_spans_from_correct_tags(tiny_modernbert):
+    """With the tags right, pipeline(aggregation_strategy="simple") on a byte-level BPE tokenizer (offsets
+    with the leading space, as ModernBERT's) returns the exact character spans: the README relies on it."""
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    from transformers.modeling_outputs import TokenClassifierOutput
+
+    from model_train.spans import align_labels
+
+    model = AutoModelForTokenClassification.from_pretrained(
+        str(tiny_modernbert), num_labels=len(PII.labels), id2label=PII.id2label, label2id=PII.label2id
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_modernbert))
+    finder = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="simple")
+    text = "📦 pls call Zoë Ångström on +46 70 123 45 67, thanks"
+    gold = [
+        {"start": text.index("Zoë"), "end": text.index(" on"), "label": "PERSON"},
+        {"start": text.index("+46"), "end": text.index(","), "label": "PHONE_NUMBER"},
+    ]
+    encoded = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True)
+    tags = align_labels(text, encoded["offset_mapping"], encoded["special_tokens_mask"], gold, PII.label2id)
+    logits = torch.full((1, len(tags), len(PII.labels)), -10.0)
+    for position, tag in enumerate(tags):
+        logits[0, position, max(tag, 0)] = 10.0  # special tokens: "O"
+    finder.model.forward = lambda *args, **kwargs: TokenClassifierOutput(logits=logits)
+    found = [(e["start"], e["end"], e["entity_group"]) for e in finder(text)]
+    assert found == [(s["start"], s["end"], s["label"]) for s in gold]

@@ -219,6 +219,14 @@ def test_train_all_summarizes_every_run_and_survives_a_failure(family_data, tiny
     assert table.count("\n| intent |") == 2 and "failed (exit 2)" in table
     assert json.loads((tmp_path / "runs" / "summary.json").read_text())["rows"] == summary["rows"]
 
+    # an interrupted train_all continues: finished runs are kept, not trained again
+    again = train_all.main(
+        ["--tasks", "intent", "--methods", "full", "--model", str(tiny_modernbert), "--skip-finished"]
+        + ["--runs-dir", str(tmp_path / "runs")]
+    )
+    assert again["rows"][0]["status"] == "ok (kept)"
+    assert again["rows"][0]["test_f1"] == rows[("intent", "full")]["test_f1"]
+
 
 @pytest.mark.parametrize("name", ["intent_challenge.xlsx", "jailbreak_challenge.xlsx"])
 def test_family_challenge_sets_are_frozen(name):

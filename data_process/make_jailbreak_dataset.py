@@ -7,8 +7,9 @@ The guardrail dataset already holds every attack style against everything else; 
 asks a narrower question (is this a manipulation attempt?), so each guardrail category maps to
 "jailbreak", "benign" or left out by JAILBREAK_POLICY below. data/jailbreak_written.xlsx adds long
 in-the-wild-style jailbreaks, indirect injections and benign look-alikes (honest role-play, questions
-about prompt injection, "ignore the typos"). Rows whose text is in data/jailbreak_challenge.xlsx are
-left out, so that the frozen challenge set never trains.
+about prompt injection, "ignore the typos"). Rows whose text equals or nearly copies one in
+data/jailbreak_challenge.xlsx (more than half their words shared) are left out, so that the frozen
+challenge set never trains.
 """
 
 from dataclasses import dataclass, field
@@ -74,6 +75,13 @@ def jailbreak_label(category: str) -> str | None:
     return ATTACK_STYLE_LABELS[key] if group == "attack" else "benign"
 
 
+def near_challenge(text: str, challenge: list[set[str]], max_overlap: float = 0.5) -> bool:
+    """True when the text shares more than max_overlap of its words (Jaccard, after normalize_text) with a
+    challenge text: an equal text, or a near-copy such as the same question about another topic."""
+    words = set(normalize_text(text).split())
+    return any(len(words & other) > max_overlap * len(words | other) for other in challenge)
+
+
 def main(argv=None) -> dict:
     config = parse_config(BuildConfig, argv, description=__doc__)
 
@@ -86,8 +94,8 @@ def main(argv=None) -> dict:
     # ---- plus the rows written for this task; minus anything in the challenge set ----
     written = read_table(config.written_data)[["text", "label", "category"]]
     rows = pd.concat([guardrail, written], ignore_index=True)
-    challenge = set(read_table(config.challenge_data)["text"].map(normalize_text))
-    in_challenge = rows["text"].map(normalize_text).isin(challenge)
+    challenge = [set(normalize_text(text).split()) for text in read_table(config.challenge_data)["text"]]
+    in_challenge = rows["text"].map(lambda text: near_challenge(text, challenge))
     rows = rows[~in_challenge].sample(frac=1, random_state=0).reset_index(drop=True)
 
     # ---- save and report ----

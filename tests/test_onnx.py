@@ -46,6 +46,19 @@ def test_failed_parity_exits_1(exported):
     assert json.loads((model / "onnx" / "export_results.json").read_text())["passed"] is False
 
 
+def test_an_int8_recipe_that_drifts_falls_back_to_the_safer_one(exported):
+    # An agreement bar no recipe can meet makes step 5 try every recipe, fastest first, and fail.
+    model, _ = exported
+    with pytest.raises(SystemExit):
+        load_script("inference/5_export_onnx.py").main(["--model", str(model), "--min-int8-agreement", "1.01"])
+    results = json.loads((model / "onnx" / "export_results.json").read_text())
+    recipes = [attempt["recipe"] for attempt in results["int8_attempts"]]
+    assert recipes == ["narrowing MatMuls in fp32", "narrowing and square MatMuls in fp32, 7-bit activations"]
+    assert results["int8_attempts"][1]["fp32_matmuls"] > results["int8_attempts"][0]["fp32_matmuls"]
+    assert results["int8_recipe"] == recipes[-1] and results["passed"] is False
+    load_script("inference/5_export_onnx.py").main(["--model", str(model)])  # leave a passing export behind
+
+
 def test_step4_runs_the_int8_model_and_compares_every_backend(exported, tmp_path):
     model, _ = exported
     inference = load_script("inference/4_inference.py")

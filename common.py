@@ -383,6 +383,11 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise UserError(f"{str(path)!r} cannot be read as {kind} ({str(error)[:80]}); check its format.") from error
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE is set: use the local cache only, without probing the hub."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+
+
 def load_data(source: str, split: str = "train", token: str | None = None) -> pd.DataFrame:
     """A local file (read_table), or split `split` of a Hugging Face dataset id read with load_dataset.
 
@@ -399,7 +404,7 @@ def load_data(source: str, split: str = "train", token: str | None = None) -> pd
         f"`python -c \"from datasets import load_dataset; load_dataset('{source}', split='{split}')"
         f".to_json('data.jsonl')\"`, copy data.jsonl here and pass --data data.jsonl."
     )
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() not in {"1", "true", "yes"}:
+    if not hub_offline():
         try:
             huggingface_hub.dataset_info(source, timeout=5, token=token)
         except RepositoryNotFoundError as error:
@@ -634,8 +639,8 @@ def resolve_model(name_or_path: str, token: str | None = None) -> dict:
         f"copy that folder here and pass --model ./{name_or_path.split('/')[-1]}."
     )
     cached = huggingface_hub.try_to_load_from_cache(name_or_path, "config.json")
-    hub_offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
-    if not hub_offline:
+    offline = hub_offline()
+    if not offline:
         try:
             huggingface_hub.model_info(name_or_path, timeout=5, token=token)
         except (RepositoryNotFoundError, GatedRepoError) as error:
@@ -644,8 +649,8 @@ def resolve_model(name_or_path: str, token: str | None = None) -> dict:
                 "check the id or set hf_token in .env."
             ) from error
         except Exception:  # noqa: BLE001 - any network failure means "offline" here
-            hub_offline = True
-    if hub_offline:
+            offline = True
+    if offline:
         if not isinstance(cached, str):
             raise UserError(offline_help)
         return {"pretrained_model_name_or_path": name_or_path, "local_files_only": True}

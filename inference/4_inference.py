@@ -56,14 +56,7 @@ from common import (
     validate_frame,
     write_json,
 )
-from model_train.spans import (
-    mask_text,
-    predict_entities,
-    read_span_file,
-    seqeval_scores,
-    span_metrics,
-    tokenize_with_labels,
-)
+from model_train.spans import mask_text, predict_entities, read_span_file, score_entities
 
 LLM_CALL_MS = 1000  # the blog's figure for one LLM API round trip, for scale; not measured here
 
@@ -329,8 +322,8 @@ def find_entities(config: InferenceConfig, task, device: str) -> dict:
     tokenizer, model = load_trained_classifier(config.model, task, device, config.env_file)
     max_length = config.max_length or min(tokenizer.model_max_length, 8192)
 
-    def predict(texts, **options):
-        return predict_entities(model, tokenizer, texts, max_length, task.id2label, config.batch_size, **options)
+    def predict(texts):
+        return predict_entities(model, tokenizer, texts, max_length, task.id2label, config.batch_size)
 
     # ---- one query: its entities, or the text with each one masked ----
     if config.text is not None:
@@ -345,11 +338,7 @@ def find_entities(config: InferenceConfig, task, device: str) -> dict:
     data_path = config.data or str(Path(config.model) / "test_split.jsonl")
     frame = read_span_file(data_path, task.entity_types)
     texts, gold = frame["text"].tolist(), frame["spans"].tolist()
-    predicted, predicted_tags = predict(texts, return_tags=True)
-    metrics = span_metrics(gold, predicted, task.entity_types)
-    true_ids = tokenize_with_labels(tokenizer, texts, gold, max_length, task.label2id)["labels"]
-    true_tags = [[task.id2label[i] for i in row if i != -100] for row in true_ids]
-    metrics["seqeval"] = seqeval_scores(true_tags, predicted_tags)
+    metrics, predicted = score_entities(model, tokenizer, texts, gold, max_length, task, config.batch_size)
 
     # ---- what it got wrong, with the text ----
     report_dir = Path(config.model) if Path(config.model).is_dir() else Path(".")
@@ -370,26 +359,13 @@ def find_entities(config: InferenceConfig, task, device: str) -> dict:
 
     results = {"model": config.model, "task": task.name, "data": data_path, "n": len(frame), "metrics": metrics}
     if config.benchmark:
-        runs = (config.warmup_runs, config.timed_runs)
-        results["latency"] = {
-            "batch1_ms": time_batch1(lambda text: predict([text]), texts, *runs),
-            "throughput_qps": time_throughput(predict, texts, config.batch_size * config.throughput_batches),
-        }
+        results["latency"] = time_calls(lambda text: predict([text]), predict, tokenizer, texts, config)
     results["run"] = get_run_info()
     write_json(report_dir / "inference_results.json", results)
 
     # ---- report ----
-    micro = metrics["micro"]
-    print(
-        f"\n{len(frame)} texts from {data_path}: exact-span precision {micro['precision']:.4f}, recall "
-        f"{micro['recall']:.4f}, F1 {micro['f1']:.4f} ({micro['support']} entities); seqeval F1 "
-        f"{metrics['seqeval']['f1']:.4f}"
-    )
-    for label, m in metrics["per_class"].items():
-        print(
-            f"  {label:>17}: precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-            f"f1 {m['f1']:.4f}  n={m['support']}"
-        )
+    print_metrics(metrics, f"{len(frame)} texts from {data_path}")
+    print(f"  seqeval (strict IOB2) F1 {metrics['seqeval']['f1']:.4f}")
     print(f"  {len(errors)} texts with misses or false alarms -> {errors_path}")
     if config.benchmark:
         lat = results["latency"]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import PII_TYPES, UserError  # noqa: F401 - PII_TYPES is re-exported for callers
+from common import UserError
 
 
 def bio_labels(types: tuple[str, ...]) -> tuple[str, ...]:
@@ -276,7 +276,7 @@ def predict_entities(
         encoded = tokenizer(
             batch,
             truncation=True,
-            max_length=min(max_length, 8192),
+            max_length=max_length,
             padding=True,
             return_offsets_mapping=True,
             return_special_tokens_mask=True,
@@ -293,3 +293,16 @@ def predict_entities(
                 [id2label[int(t)] for t, skip in zip(tags[j].tolist(), special[j], strict=True) if not skip]
             )
     return (entities, tag_rows) if return_tags else entities
+
+
+def score_entities(model, tokenizer, texts: list[str], gold: list[list[dict]], max_length: int, task, batch_size=32):
+    """(metrics, predicted entities) for texts with known spans: exact-span scores of the decoded entities,
+    and seqeval's on the tag sequences, the true tags aligned on the same tokens. Steps 3 and 4 both use it."""
+    predicted, predicted_tags = predict_entities(
+        model, tokenizer, texts, max_length, task.id2label, batch_size, return_tags=True
+    )
+    metrics = span_metrics(gold, predicted, task.entity_types)
+    true_ids = tokenize_with_labels(tokenizer, texts, gold, max_length, task.label2id)["labels"]
+    true_tags = [[task.id2label[i] for i in row if i != -100] for row in true_ids]
+    metrics["seqeval"] = seqeval_scores(true_tags, predicted_tags)
+    return metrics, predicted

@@ -35,14 +35,7 @@ from common import (
     load_data,
     validate_frame,
 )
-from model_train.spans import (
-    predict_entities,
-    read_span_file,
-    seqeval_scores,
-    span_metrics,
-    tag_sequences,
-    tokenize_with_labels,
-)
+from model_train.spans import read_span_file, score_entities, seqeval_scores, tag_sequences, tokenize_with_labels
 
 # ---------------------------------------------------------------------------
 # Config: what to train on (a small dataclass) and how (TrainingArguments with the blog's defaults).
@@ -347,12 +340,12 @@ def reveal_tag_characters(tokenizer):
     )
 
 
-def tokenize_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int, task: Task | None = None):
+def tokenize_splits(splits: dict[str, pd.DataFrame], tokenizer, max_length: int, task: Task):
     """A DatasetDict of token ids and labels per split; padding happens per batch in the collator.
     A token task's labels are one BIO tag per token, aligned by character offsets (model_train/spans.py)."""
     from datasets import Dataset, DatasetDict
 
-    if task is not None and task.kind == "token":
+    if task.kind == "token":
         return DatasetDict(
             {
                 name: Dataset.from_dict(
@@ -531,17 +524,10 @@ def predict_split(trainer, dataset, frame: pd.DataFrame):
 def evaluate_on_test(trainer, test_dataset, test: pd.DataFrame, task: Task) -> dict:
     """Test metrics of the trainer's (best) model, plus accuracy per group when the task has groups. For a
     token task: exact-span scores of the decoded entities, and seqeval's on the tag sequences."""
-    import numpy as np
-
     if task.kind == "token":
-        tokenizer, model = trainer.processing_class, trainer.model
-        entities = predict_entities(model, tokenizer, test["text"].tolist(), tokenizer.model_max_length, task.id2label)
-        metrics = span_metrics(test["spans"].tolist(), entities, task.entity_types)
-        output = trainer.predict(test_dataset)
-        metrics["seqeval"] = seqeval_scores(
-            *tag_sequences(output.label_ids, np.argmax(output.predictions, axis=-1), task.id2label)
-        )
-        return metrics
+        tokenizer = trainer.processing_class
+        texts, gold = test["text"].tolist(), test["spans"].tolist()
+        return score_entities(trainer.model, tokenizer, texts, gold, tokenizer.model_max_length, task)[0]
     labels = test["label_id"].to_numpy()
     predicted = predict_split(trainer, test_dataset, test).argmax(axis=1)
     metrics = classification_metrics(labels, predicted, task.labels)

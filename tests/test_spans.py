@@ -6,9 +6,8 @@ import json
 import pytest
 from conftest import load_script
 
-from common import UserError
+from common import PII_TYPES, UserError
 from model_train.spans import (
-    PII_TYPES,
     align_labels,
     bio_labels,
     decode_spans,
